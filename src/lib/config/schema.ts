@@ -1,0 +1,162 @@
+import {z} from 'zod'
+
+import {parseDuration} from '../duration.js'
+
+/** Seconds, written as a number or as `24h`, `90m`, `1h30m`. */
+export const durationSchema = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const seconds = parseDuration(value)
+  if (seconds === undefined) {
+    ctx.addIssue({code: z.ZodIssueCode.custom, message: 'expected a duration such as 3600, "90m" or "24h"'})
+    return z.NEVER
+  }
+
+  return seconds
+})
+
+const hostKeyChecking = z.enum(['yes', 'accept-new'], {
+  errorMap: () => ({
+    message: 'expected "yes" or "accept-new" (host-key checking cannot be turned off from the config)',
+  }),
+})
+
+export const sshSettingsSchema = z
+  .object({
+    /** ssh_config file passed with -F (default: ~/.ssh/config, as ssh itself reads). */
+    configFile: z.string().min(1).optional(),
+    connectTimeout: durationSchema.optional(),
+    identityFile: z.string().min(1).optional(),
+    jumpHost: z.string().min(1).optional(),
+    knownHostsFile: z.string().min(1).optional(),
+    port: z.number().int().min(1).max(65_535).optional(),
+    serverAliveCountMax: z.number().int().min(1).optional(),
+    serverAliveInterval: durationSchema.optional(),
+    strictHostKeyChecking: hostKeyChecking.optional(),
+    user: z.string().min(1).optional(),
+  })
+  .strict()
+
+/** Settings a node takes from the config, overriding what its nova.conf says. */
+export const nodeCacheSettingsSchema = z
+  .object({
+    /** `[image_cache] subdirectory_name`: the cache dir's name under the instances path. */
+    cacheDir: z.string().min(1).optional(),
+    instancesPath: z.string().min(1).optional(),
+    /** Where the node's nova.conf is (default /etc/nova/nova.conf). */
+    novaConf: z.string().min(1).optional(),
+  })
+  .strict()
+
+export const nodeSchema = z
+  .object({
+    ...nodeCacheSettingsSchema.shape,
+    ...sshSettingsSchema.shape,
+    /** Host name or address reached over SSH; omit (or `local: true`) for this machine. */
+    host: z.string().min(1).optional(),
+    local: z.boolean().optional(),
+  })
+  .strict()
+  .refine((n) => !(n.host && n.local), {message: 'a node is either local or has a host, not both'})
+
+export const aggregateSchema = z
+  .object({
+    concurrency: z.number().int().min(1).optional(),
+    images: z.array(z.string().min(1)).optional(),
+    nodes: z.array(z.string().min(1)).min(1),
+  })
+  .strict()
+
+export const imageServiceSchema = z
+  .object({
+    applicationCredentialId: z.string().min(1).optional(),
+    applicationCredentialName: z.string().min(1).optional(),
+    /** File holding the application credential secret (never the secret itself). */
+    applicationCredentialSecretFile: z.string().min(1).optional(),
+    authUrl: z.string().url().optional(),
+    /** CA bundle for TLS to Keystone and Glance. */
+    caFile: z.string().min(1).optional(),
+    /** A cloud of clouds.yaml (openstacksdk's search path, or cloudsFile). */
+    cloud: z.string().min(1).optional(),
+    cloudsFile: z.string().min(1).optional(),
+    /** Glance endpoint, e.g. http://glance:9292 (skips the catalog). */
+    endpoint: z.string().url().optional(),
+    interface: z.enum(['public', 'internal', 'admin']).optional(),
+    /** File holding the password (never the password itself). */
+    passwordFile: z.string().min(1).optional(),
+    projectDomainName: z.string().min(1).optional(),
+    projectName: z.string().min(1).optional(),
+    region: z.string().min(1).optional(),
+    /** File holding a pre-issued token (never the token itself). */
+    tokenFile: z.string().min(1).optional(),
+    userDomainName: z.string().min(1).optional(),
+    username: z.string().min(1).optional(),
+  })
+  .strict()
+
+export const checksumSchema = z
+  .string()
+  .regex(/^(md5|sha1|sha256|sha384|sha512):[0-9a-fA-F]+$/, 'expected ALGO:HEX, e.g. sha256:9f86d0…')
+
+/** A named image outside Glance: an http(s) URL or a local file, cached under a Glance image id. */
+export const imageAliasSchema = z
+  .object({
+    checksum: checksumSchema.optional(),
+    diskFormat: z.string().min(1).optional(),
+    /** The Glance image id to cache it under (Nova names the file by it). */
+    id: z.string().min(1),
+    name: z.string().min(1).optional(),
+    path: z.string().min(1).optional(),
+    url: z.string().url().optional(),
+  })
+  .strict()
+  .refine((i) => Boolean(i.url) !== Boolean(i.path), {message: 'give exactly one of url and path'})
+
+export const pruneSettingsSchema = z
+  .object({
+    /** Age (since last use) after which an unused original base is removed. Nova: 86400 s. */
+    minAge: durationSchema.optional(),
+    /** `remove_unused_base_images`: false makes every prune a dry run, as in Nova. */
+    removeUnused: z.boolean().optional(),
+    /** Age after which unused resized bases and stale temporaries are removed. Nova: 3600 s. */
+    resizedMinAge: durationSchema.optional(),
+  })
+  .strict()
+
+export const fetchSettingsSchema = z
+  .object({
+    /** Accept images whose source declares no checksum. */
+    allowUnverified: z.boolean().optional(),
+    /** `[DEFAULT] force_raw_images`: convert downloaded images to raw. */
+    forceRaw: z.boolean().optional(),
+    /** `[compute] vmdk_allowed_types`. */
+    vmdkAllowedTypes: z.array(z.string()).optional(),
+  })
+  .strict()
+
+export const defaultsSchema = z
+  .object({
+    ...nodeCacheSettingsSchema.shape,
+    concurrency: z.number().int().min(1).optional(),
+    lockTimeout: durationSchema.optional(),
+    ssh: sshSettingsSchema.optional(),
+    via: z.enum(['node', 'relay']).optional(),
+  })
+  .strict()
+
+export const configSchema = z
+  .object({
+    aggregates: z.record(z.string(), aggregateSchema).optional(),
+    defaults: defaultsSchema.optional(),
+    fetch: fetchSettingsSchema.optional(),
+    images: z.record(z.string(), imageAliasSchema).optional(),
+    imageService: imageServiceSchema.optional(),
+    nodes: z.record(z.string(), nodeSchema).optional(),
+    prune: pruneSettingsSchema.optional(),
+  })
+  .strict()
+
+export type ImgcacheConfig = z.infer<typeof configSchema>
+export type NodeConfig = z.infer<typeof nodeSchema>
+export type SshSettings = z.infer<typeof sshSettingsSchema>
+export type ImageServiceConfig = z.infer<typeof imageServiceSchema>
+export type ImageAlias = z.infer<typeof imageAliasSchema>
+export type AggregateConfig = z.infer<typeof aggregateSchema>

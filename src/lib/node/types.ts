@@ -1,0 +1,173 @@
+import type {Readable, Writable} from 'node:stream'
+
+/** One directory entry as the node sees it (lstat; for symlinks, what the target is). */
+export interface EntryStat {
+  /** Allocated bytes (st_blocks × 512): what the file really costs on disk. */
+  allocated: number
+  /** Inode change time, ms since the epoch (node clock). */
+  ctimeMs?: number
+  /** st_dev of the entry (or of its target), to tell which file system it is on. */
+  dev?: number
+  mtimeMs: number
+  name: string
+  /** Apparent size in bytes (st_size; of the target for a symlink). */
+  size: number
+  /** For a symlink: the raw link text. */
+  symlinkTarget?: string
+  /** For a symlink: what it points at (`missing` when dangling). */
+  targetType?: 'dir' | 'file' | 'missing' | 'other'
+  type: 'dir' | 'file' | 'other' | 'symlink'
+}
+
+/** The first bytes of an instance disk, or why they could not be read. */
+export interface DiskHead {
+  error?: string
+  errorCode?: string
+  /** The first `headBytes` bytes (fewer when the file is shorter). */
+  head?: Buffer
+  name: string
+  size?: number
+}
+
+export interface InstanceDirScan {
+  /** `disk.info` content (JSON map path → format) when present. */
+  diskInfo?: string
+  /** Disk-like files of the directory (`disk`, `disk.*` but not `disk.info*`, `kernel`, `ramdisk`) and their heads. */
+  disks: DiskHead[]
+  /** Why the directory itself could not be listed. */
+  error?: string
+  /** `libvirt.xml` content when present. */
+  libvirtXml?: string
+  name: string
+}
+
+export interface ScanRequest {
+  /** Absolute path of the cache dir (`<instances_path>/<subdirectory_name>`). */
+  cacheDir: string
+  /** Extra directories whose `*.xml` files are libvirt domain definitions (e.g. /etc/libvirt/qemu). */
+  domainXmlDirs: string[]
+  /** Bytes of each instance disk to return. */
+  headBytes: number
+  instancesPath: string
+  /** Lock dir (`<instances_path>/locks`), listed so stale lock files can be reported. */
+  lockDir: string
+}
+
+export interface FsUsage {
+  /** Bytes available to an unprivileged writer (f_bavail × f_frsize). */
+  available: number
+  /** Total size of the file system. */
+  total: number
+}
+
+/**
+ * Everything one scan of a node returns: one round trip over SSH, one pass of syscalls locally.
+ * Times are the node's clock, so ages are right even when the operator's clock is not.
+ */
+export interface CacheScan {
+  cacheDir: {entries: EntryStat[]; error?: string; errorCode?: string; exists: boolean}
+  domainXml: Array<{path: string; text: string}>
+  /** File-system usage of the cache dir (or the instances path when the cache dir is missing). */
+  fs?: FsUsage
+  instanceDirs: InstanceDirScan[]
+  instancesPath: {dev?: number; error?: string; errorCode?: string; exists: boolean}
+  lockDir: {entries: string[]; exists: boolean}
+  /** The node's clock when the scan ran (ms since the epoch). */
+  now: number
+  /** `.imgcache/<name>.json` sidecar files: name → text. */
+  sidecars: Record<string, string>
+}
+
+export interface RunOptions {
+  /** Environment additions for the command (never secrets: they would reach the process table). */
+  env?: Record<string, string>
+  /** Reject with an error when the exit status is not 0 (default true). */
+  reject?: boolean
+  signal?: AbortSignal
+  /** Bytes to write to the command's stdin (secrets travel this way). */
+  stdin?: Buffer | string
+  timeoutMs?: number
+}
+
+export interface RunResult {
+  exitCode: number
+  stderr: string
+  stdout: string
+}
+
+export interface LockOptions {
+  signal?: AbortSignal
+  /** How long to wait for a lock held by someone else before giving up with LOCK_BUSY. */
+  timeoutMs: number
+}
+
+export interface LockHandle {
+  readonly path: string
+  release(): Promise<void>
+}
+
+export interface ReadRange {
+  length: number
+  offset: number
+  path: string
+}
+
+export interface RemoveOptions {
+  /** Remove only if the entry's mtime is at or before this instant (ms, node clock): Nova's re-check. */
+  olderThanMs?: number
+}
+
+export type RemoveOutcome = 'missing' | 'removed' | 'too-young'
+
+export interface WriteFileOptions {
+  /** Append to an existing file (a resumed download) instead of truncating. */
+  append?: boolean
+  mode?: number
+  signal?: AbortSignal
+}
+
+/**
+ * The operations imgcache needs from a compute node: few and coarse, so that each is one round
+ * trip over SSH. Implemented by LocalNode and SshNode; every command uses only this interface.
+ */
+export interface Node {
+  /** Ends every helper process and connection. Releases every lock still held. */
+  close(): Promise<void>
+  /** Human description for messages: `local` or `user@host:port`. No secrets. */
+  readonly description: string
+  /** Whether the node's `ensureDir` / file operations run on this machine. */
+  readonly isLocal: boolean
+  /** Take a nova-compatible lock: a POSIX fcntl write lock on `path`, held by a helper process. */
+  lock(path: string, options: LockOptions): Promise<LockHandle>
+  mkdirp(path: string): Promise<void>
+  readonly name: string
+  /** A readable stream of a file on the node from `offset`. */
+  openRead(path: string, offset?: number): Promise<Readable>
+  /** A writable stream into a file on the node; resolves when the file is flushed and fsynced. */
+  openWrite(path: string, options?: WriteFileOptions): Promise<NodeFileSink>
+  /** Read byte ranges of files in one round trip. A range past the end returns fewer bytes. */
+  readRanges(ranges: ReadRange[]): Promise<Buffer[]>
+  /** Read a text file; undefined when it does not exist. */
+  readTextFile(path: string): Promise<string | undefined>
+  /** Remove one file or symlink (never a directory, never recursively, never following a symlink). */
+  remove(path: string, options?: RemoveOptions): Promise<RemoveOutcome>
+  rename(from: string, to: string): Promise<void>
+  /** Run an argv (no shell) on the node. */
+  run(argv: string[], options?: RunOptions): Promise<RunResult>
+  scan(request: ScanRequest): Promise<CacheScan>
+  /** lstat one path; undefined when it does not exist. */
+  stat(path: string): Promise<EntryStat | undefined>
+  statfs(path: string): Promise<FsUsage>
+  /** Set atime and mtime to now (the node's clock) on each path, as Nova's touch does. */
+  touch(paths: string[]): Promise<void>
+  /** Write a small file atomically (temp + fsync + rename). */
+  writeFileAtomic(path: string, data: Buffer | string, mode?: number): Promise<void>
+}
+
+export interface NodeFileSink {
+  /** Abandon the write (the partial file is left for the caller to remove). */
+  abort(): void
+  /** Call after the last write: ends the stream, fsyncs and reports the bytes in the file. */
+  finish(): Promise<number>
+  readonly stream: Writable
+}
