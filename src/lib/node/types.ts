@@ -8,6 +8,8 @@ export interface EntryStat {
   ctimeMs?: number
   /** st_dev of the entry (or of its target), to tell which file system it is on. */
   dev?: number
+  /** The first bytes of the file, when the scan asked for them (cache entries). */
+  head?: Buffer
   mtimeMs: number
   name: string
   /** Apparent size in bytes (st_size; of the target for a symlink). */
@@ -44,6 +46,8 @@ export interface InstanceDirScan {
 export interface ScanRequest {
   /** Absolute path of the cache dir (`<instances_path>/<subdirectory_name>`). */
   cacheDir: string
+  /** Bytes of each regular file in the cache dir to return (0: none). */
+  cacheHeadBytes: number
   /** Extra directories whose `*.xml` files are libvirt domain definitions (e.g. /etc/libvirt/qemu). */
   domainXmlDirs: string[]
   /** Bytes of each instance disk to return. */

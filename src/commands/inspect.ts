@@ -1,0 +1,71 @@
+import {BaseCommand, withExitCodes} from '../base-command.js'
+import {cacheFlags, nodeFlags} from '../flags.js'
+import {analyzeNode} from '../lib/analysis.js'
+import {resolveCacheSettings} from '../lib/config/settings.js'
+import {ExitCode} from '../lib/exit-codes.js'
+import {forEachNode} from '../lib/fleet.js'
+import {buildInspectResult, type InspectResult} from '../lib/inspect.js'
+import {selectNodes} from '../lib/nodes.js'
+import {formatInspect} from '../lib/report/inspect-format.js'
+import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
+
+export interface InspectReport {
+  failures: NodeFailure[]
+  nodes: InspectResult[]
+}
+
+export default class Inspect extends BaseCommand<typeof Inspect> {
+  static override description = withExitCodes(
+    `Lists every entry of each node's image cache (Nova's <instances_path>/_base): its kind by Nova's rules, the image it holds, size on disk and virtual size, format, how long it has been unused, the instances whose disks or metadata reach it, what \`imgcache prune\` would do with it and when, and whether the file is sound. Stale temporaries and files that are not cache entries are listed too.
+
+Instance usage is read from files: every disk of every instance directory and its whole qcow2 backing chain (read from the headers, not with qemu-img), and the image ids, swap and ephemeral sizes of each instance's libvirt.xml or libvirt domain XML.
+
+inspect never changes anything: it takes no lock, touches no file and deletes nothing.`,
+  )
+  static override examples = [
+    {
+      command: '<%= config.bin %> <%= command.id %>',
+      description: "Inspect this host's cache (paths from /etc/nova/nova.conf).",
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> --instances-path /srv/nova/instances --json',
+      description: 'Another instances path, as JSON.',
+    },
+    {command: '<%= config.bin %> <%= command.id %> --aggregate prod-web', description: 'Every node of an aggregate.'},
+  ]
+  static override flags = {...nodeFlags, ...cacheFlags}
+  static override summary =
+    'Show what is cached on a node, who uses it, what prune would do, and whether each file is sound.'
+
+  async run(): Promise<InspectReport> {
+    const {config} = this.config_
+    const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
+    const outcomes = await forEachNode(
+      specs,
+      {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
+      async (node, spec) => {
+        const settings = await resolveCacheSettings(node, config, spec.config, {
+          cacheDir: this.flags['cache-dir'],
+          instancesPath: this.flags['instances-path'],
+          novaConf: this.flags['nova-conf'],
+        })
+        const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})
+        return buildInspectResult(analysis)
+      },
+    )
+    // One node asked for and it failed: its own error (and exit code) is the answer.
+    if (outcomes.length === 1 && outcomes[0] && !outcomes[0].ok) throw outcomes[0].error
+    const report: InspectReport = {
+      failures: outcomes.filter((o) => !o.ok).map((o) => failureOf(o.node, o.error)),
+      nodes: outcomes.flatMap((o) => (o.ok ? [o.value] : [])),
+    }
+    if (!this.jsonEnabled()) {
+      this.log(formatInspect(report.nodes, {verbose: this.flags.verbose}))
+      for (const f of report.failures)
+        this.logToStderr(`${f.node}: ${f.message}${f.suggestions.map((s) => `\n  → ${s}`).join('')}`)
+    }
+
+    this.exitWith(overallExit(report.nodes.length, report.failures.length, ExitCode.Ok))
+    return report
+  }
+}

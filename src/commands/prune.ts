@@ -1,0 +1,160 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand, withExitCodes} from '../base-command.js'
+import {cacheFlags, durationFlag, lockTimeoutFlag, nodeFlags} from '../flags.js'
+import {analyzeNode} from '../lib/analysis.js'
+import {resolveCacheSettings} from '../lib/config/settings.js'
+import {ExitCode} from '../lib/exit-codes.js'
+import {forEachNode} from '../lib/fleet.js'
+import {selectNodes} from '../lib/nodes.js'
+import {prune, type PruneDecision, type PruneResult} from '../lib/prune.js'
+import {writeMetricsFile} from '../lib/report/metrics-file.js'
+import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
+import {decisionLevel, decisionText, type LogLevel, pruneSummary} from '../lib/report/prune-format.js'
+
+export interface PruneReport {
+  dryRun: boolean
+  failures: NodeFailure[]
+  nodes: PruneResult[]
+}
+
+export default class Prune extends BaseCommand<typeof Prune> {
+  static override description = withExitCodes(
+    `Runs Nova's image-cache clean-up pass: every cache entry that an instance uses is kept (and its mtime refreshed, as Nova does); unused originals older than the minimum age (24 h), unused resized bases older than 1 h, and unused swap and ephemeral templates older than 24 h are deleted, each under the nova-compute lock nova-<name> after re-checking its age, and a deleted base's lock file goes with it. Ages are since the last use (mtime). Beyond Nova: stale .part/.converted files older than the resized age whose lock is free are removed too.
+
+prune never deletes a file that is not a cache entry by Nova's rules or a temporary of imgcache's, never follows a symlink out of the cache dir, and never waits forever for a lock (--lock-timeout). If any instance disk cannot be read, it deletes nothing and exits 4: it cannot know what that disk needs.
+
+--dry-run runs the same selection and deletes and touches nothing. Output: a line per removal or problem on stderr (every decision with --verbose; JSON lines with --log-format json), the full result with --json, Prometheus text with --metrics-file.`,
+  )
+  static override examples = [
+    {command: '<%= config.bin %> <%= command.id %> --dry-run', description: 'What would go, changing nothing.'},
+    {
+      command: '<%= config.bin %> <%= command.id %> --quiet --metrics-file /var/lib/node_exporter/imgcache.prom',
+      description: 'From cron, with metrics for node_exporter.',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> --min-age 12h --aggregate prod-web',
+      description: 'Shorter lifetime, across an aggregate.',
+    },
+  ]
+  static override flags = {
+    ...nodeFlags,
+    ...cacheFlags,
+    'dry-run': Flags.boolean({
+      description: 'Decide as prune would and change nothing (no deletion, no touch, no lock).',
+    }),
+    'lock-timeout': lockTimeoutFlag,
+    'log-format': Flags.string({
+      default: 'text',
+      description: 'Format of the decision lines on stderr.',
+      options: ['text', 'json'],
+    }),
+    'metrics-file': Flags.string({
+      description: "Write Prometheus text metrics to this file (atomically), for node_exporter's textfile collector.",
+    }),
+    'min-age': durationFlag({
+      description:
+        'Unused originals (and swap/ephemeral templates) younger than this are kept. Default: 24h, or nova.conf.',
+    }),
+    'resized-min-age': durationFlag({
+      description: 'Unused resized bases and stale temporaries younger than this are kept. Default: 1h, or nova.conf.',
+    }),
+  }
+  static override summary = "Delete unused base images with Nova's rules; never a base in use."
+
+  async run(): Promise<PruneReport> {
+    const {config} = this.config_
+    const dryRun = this.flags['dry-run']
+    const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
+    const outcomes = await forEachNode(
+      specs,
+      {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
+      async (node, spec) => {
+        const settings = await resolveCacheSettings(node, config, spec.config, {
+          cacheDir: this.flags['cache-dir'],
+          instancesPath: this.flags['instances-path'],
+          minAge: this.flags['min-age'],
+          novaConf: this.flags['nova-conf'],
+          resizedMinAge: this.flags['resized-min-age'],
+        })
+        const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})
+        if (!analysis.scan.cacheDir.exists)
+          this.verbose(`${node.name}: no cache dir at ${settings.cacheDir}: nothing to do`)
+        for (const w of analysis.usage.metadataWarnings)
+          this.log_('warn', `${node.name}: ignoring ${w.path}: ${w.reason}`, {node: node.name})
+        for (const g of analysis.usage.problems) {
+          this.log_(
+            'error',
+            `${node.name}: cannot read instance disk ${g.path} (${g.instance}): ${g.reason}; deleting nothing on this node`,
+            {
+              node: node.name,
+              path: g.path,
+            },
+          )
+        }
+
+        const lockTimeoutSeconds = this.flags['lock-timeout'] ?? config.defaults?.lockTimeout ?? 10
+        return prune(analysis, {
+          dryRun,
+          lockTimeoutMs: lockTimeoutSeconds * 1000,
+          onDecision: (d) => this.decision(node.name, d, dryRun),
+          signal: this.interrupt.signal,
+        })
+      },
+    )
+    const report: PruneReport = {
+      dryRun,
+      failures: outcomes.filter((o) => !o.ok).map((o) => failureOf(o.node, o.error)),
+      nodes: outcomes.flatMap((o) => (o.ok ? [o.value] : [])),
+    }
+    if (this.flags['metrics-file']) await writeMetricsFile(this.flags['metrics-file'], report.nodes, report.failures)
+    if (outcomes.length === 1 && outcomes[0] && !outcomes[0].ok) throw outcomes[0].error
+    for (const r of report.nodes) {
+      const summary = pruneSummary(r)
+      if (summary) this.log_(r.errors > 0 || r.guard.length > 0 ? 'warn' : 'info', summary, {node: r.node})
+    }
+
+    for (const f of report.failures) this.log_('error', `${f.node}: ${f.message}`, {code: f.code, node: f.node})
+    const guarded = report.nodes.some((r) => r.guard.length > 0)
+    const failedNodes = report.failures.length + report.nodes.filter((r) => r.errors > 0).length
+    this.exitWith(
+      guarded
+        ? ExitCode.Refused
+        : overallExit(report.nodes.length + report.failures.length - failedNodes, failedNodes, ExitCode.Ok),
+    )
+    return report
+  }
+
+  private decision(node: string, d: PruneDecision, dryRun: boolean) {
+    const level = decisionLevel(d)
+    this.log_(level, decisionText(node, d, dryRun), {
+      action: d.outcome,
+      bytes: d.bytes,
+      dryRun,
+      entry: d.name,
+      kind: d.kind,
+      node,
+      reason: d.reason,
+      touched: d.touched,
+    })
+  }
+
+  /** A log line on stderr: text or JSON, filtered by --quiet / --verbose. --json keeps stderr to errors. */
+  private log_(level: LogLevel, text: string, fields: Record<string, unknown>) {
+    const shown =
+      level === 'error' || (!this.flags.quiet && !this.jsonEnabled() && (level !== 'verbose' || this.flags.verbose))
+    if (!shown) return
+    if (this.flags['log-format'] === 'json') {
+      this.logToStderr(
+        JSON.stringify({
+          level: level === 'verbose' ? 'debug' : level,
+          message: text,
+          time: new Date().toISOString(),
+          ...fields,
+        }),
+      )
+    } else {
+      this.logToStderr(level === 'error' ? `error: ${text}` : level === 'warn' ? `warning: ${text}` : text)
+    }
+  }
+}

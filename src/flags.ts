@@ -1,0 +1,67 @@
+import {Flags} from '@oclif/core'
+
+import {parseDuration} from './lib/duration.js'
+
+/** A duration flag: seconds, or `90s`, `45m`, `24h`, `1h30m`. Parsed to seconds at parse time. */
+export const durationFlag = Flags.custom<number>({
+  async parse(input) {
+    const seconds = parseDuration(input)
+    if (seconds === undefined)
+      throw new Error(`expected a duration such as 3600, 90m or 24h, got ${JSON.stringify(input)}`)
+    return seconds
+  },
+})
+
+/** Node selection, shared by every command that works on nodes (DESIGN §2). */
+export const nodeFlags = {
+  aggregate: Flags.string({
+    char: 'a',
+    description: 'Work on every node of this aggregate (from the config file).',
+    env: 'IMGCACHE_AGGREGATE',
+    helpGroup: 'NODE SELECTION',
+  }),
+  concurrency: Flags.integer({
+    description: 'Nodes worked on at once.',
+    helpGroup: 'NODE SELECTION',
+    min: 1,
+  }),
+  node: Flags.string({
+    char: 'n',
+    description: 'A node: a name from the config, "local", or ssh://user@host:port. Repeatable.',
+    helpGroup: 'NODE SELECTION',
+    multiple: true,
+  }),
+}
+
+/** Where the cache is and how it is locked; each overrides the config and the node's nova.conf. */
+export const cacheFlags = {
+  'cache-dir': Flags.string({
+    description: "The cache dir's name under the instances path ([image_cache] subdirectory_name). Default: _base.",
+    env: 'IMGCACHE_CACHE_DIR',
+    helpGroup: 'CACHE LOCATION',
+  }),
+  'domain-xml-dir': Flags.string({
+    description:
+      'Directory of libvirt domain XML files to read instance metadata from. Repeatable. Default: /etc/libvirt/qemu.',
+    helpGroup: 'CACHE LOCATION',
+    multiple: true,
+  }),
+  'instances-path': Flags.string({
+    description:
+      "Nova's instances path ([DEFAULT] instances_path). Default: from nova.conf, else /var/lib/nova/instances.",
+    env: 'IMGCACHE_INSTANCES_PATH',
+    helpGroup: 'CACHE LOCATION',
+  }),
+  'nova-conf': Flags.string({
+    description: "The node's nova.conf. Default: /etc/nova/nova.conf when present.",
+    env: 'IMGCACHE_NOVA_CONF',
+    helpGroup: 'CACHE LOCATION',
+  }),
+}
+
+/** How long to wait for a nova-compatible lock held by someone else. */
+export const lockTimeoutFlag = durationFlag({
+  default: 10,
+  description: 'How long to wait for a cache file locked by nova-compute or another imgcache before giving up on it.',
+  helpGroup: 'CACHE LOCATION',
+})

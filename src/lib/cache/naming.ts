@@ -1,0 +1,21 @@
+import {createHash} from 'node:crypto'
+
+/** Nova's cache file name for an image: the lowercase hex SHA-1 of the image id (UTF-8). */
+export function cacheName(imageId: string): string {
+  return createHash('sha1').update(imageId, 'utf8').digest('hex')
+}
+
+/** Nova's lock file name for a cache entry: `nova-<cache file basename>`. */
+export function lockName(cacheFileName: string): string {
+  return `nova-${cacheFileName.replaceAll('/', '_')}`
+}
+
+export const PART_SUFFIX = '.part'
+export const CONVERTED_SUFFIX = '.converted'
+/** Directory inside the cache dir where imgcache keeps metadata that a SHA-1 cannot give back. Nova ignores it. */
+export const SIDECAR_DIR = '.imgcache'
+
+/** The ephemeral template's 7-character extension: MD5 of the mkfs command or file system name. */
+export function ephemeralExtension(fsOrMkfsCommand: string): string {
+  return createHash('md5').update(fsOrMkfsCommand, 'utf8').digest('hex').slice(0, 7)
+}

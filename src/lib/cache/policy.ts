@@ -1,0 +1,130 @@
+import type {EntryStat} from '../node/types.js'
+import type {EntryUse} from './usage.js'
+
+import {classifyNova, classifyTemporary, type NovaKind} from './classify.js'
+import {lockName, SIDECAR_DIR} from './naming.js'
+
+export interface PolicySettings {
+  /** `remove_unused_original_minimum_age_seconds` (Nova: 86400); also swap and ephemeral templates. */
+  originalMinAge: number
+  /** `remove_unused_base_images` (Nova: true); false: log and touch, delete nothing. */
+  removeUnused: boolean
+  /** `remove_unused_resized_minimum_age_seconds` (Nova: 3600); also imgcache's stale temporaries. */
+  resizedMinAge: number
+}
+
+export const NOVA_POLICY_DEFAULTS: PolicySettings = {originalMinAge: 86_400, removeUnused: true, resizedMinAge: 3600}
+
+export type EntryKind = 'temporary' | 'unknown' | NovaKind
+
+export type Verdict =
+  /** In use by an instance; `touch`: refresh its mtime as Nova does. */
+  | {action: 'ignore'; reason: 'not-a-cache-entry'}
+  /** Unused, but younger than its minimum age. */
+  | {action: 'keep'; reason: 'in-use'; touch: boolean}
+  /** Unused and old enough, but `remove_unused_base_images` is off. */
+  | {action: 'keep'; reason: 'removal-disabled'; removableAtMs: number}
+  /** Not a cache entry by Nova's rules, nor a temporary of ours: never touched, never deleted. */
+  | {action: 'keep'; reason: 'too-young'; removableAtMs: number}
+  /** Remove under the lock `lock`, if its mtime is still at or before `cutoffMs`. */
+  | {action: 'remove'; cutoffMs: number; lock: string; removeLockFile: boolean}
+
+export interface PlanItem {
+  /** Seconds since the entry's mtime. */
+  ageSeconds: number
+  entry: EntryStat
+  kind: EntryKind
+  /** The minimum age the rules give this entry (seconds), when they give one. */
+  minAgeSeconds?: number
+  name: string
+  /** For a temporary: the cache entry it is for. */
+  temporaryFor?: string
+  verdict: Verdict
+}
+
+function isFileLike(entry: EntryStat): boolean {
+  return entry.type === 'file' || (entry.type === 'symlink' && entry.targetType === 'file')
+}
+
+/**
+ * Nova's clean-up decisions for every entry of the cache dir (reference §2.3–2.5), plus imgcache's
+ * own: stale `.part`/`.converted` files older than the resized age. Pure: the caller acts on it.
+ * Ordered as Nova processes them: bases, then swap, then ephemeral templates, then the rest.
+ */
+export function planPrune(
+  entries: EntryStat[],
+  uses: ReadonlyMap<string, EntryUse>,
+  settings: PolicySettings,
+  nowMs: number,
+): PlanItem[] {
+  const items = entries.map((entry) => planEntry(entry, uses, settings, nowMs))
+  const rank: Record<EntryKind, number> = {ephemeral: 2, original: 0, resized: 0, swap: 1, temporary: 3, unknown: 4}
+  return items.sort((a, b) => rank[a.kind] - rank[b.kind] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+}
+
+function planEntry(
+  entry: EntryStat,
+  uses: ReadonlyMap<string, EntryUse>,
+  settings: PolicySettings,
+  nowMs: number,
+): PlanItem {
+  const ageSeconds = Math.max(0, (nowMs - entry.mtimeMs) / 1000)
+  const kind = classifyNova(entry.name, isFileLike(entry))
+  if (kind) {
+    const minAgeSeconds = kind === 'resized' ? settings.resizedMinAge : settings.originalMinAge
+    const base = {ageSeconds, entry, kind, minAgeSeconds, name: entry.name}
+    const use = uses.get(entry.name)
+    if (use) return {...base, verdict: {action: 'keep', reason: 'in-use', touch: use.touch}}
+    const removableAtMs = entry.mtimeMs + minAgeSeconds * 1000
+    if (ageSeconds < minAgeSeconds) return {...base, verdict: {action: 'keep', reason: 'too-young', removableAtMs}}
+    if (!settings.removeUnused) return {...base, verdict: {action: 'keep', reason: 'removal-disabled', removableAtMs}}
+    return {
+      ...base,
+      verdict: {
+        action: 'remove',
+        cutoffMs: nowMs - minAgeSeconds * 1000,
+        lock: lockName(entry.name),
+        // Nova deletes the lock file of bases it removes, not of swap and ephemeral templates.
+        removeLockFile: kind === 'original' || kind === 'resized',
+      },
+    }
+  }
+
+  const temporary = entry.type === 'file' ? classifyTemporary(entry.name) : undefined
+  if (temporary) {
+    const minAgeSeconds = settings.resizedMinAge
+    const base = {
+      ageSeconds,
+      entry,
+      kind: 'temporary' as const,
+      minAgeSeconds,
+      name: entry.name,
+      temporaryFor: temporary.finalName,
+    }
+    const removableAtMs = entry.mtimeMs + minAgeSeconds * 1000
+    if (ageSeconds < minAgeSeconds) return {...base, verdict: {action: 'keep', reason: 'too-young', removableAtMs}}
+    if (!settings.removeUnused) return {...base, verdict: {action: 'keep', reason: 'removal-disabled', removableAtMs}}
+    return {
+      ...base,
+      verdict: {
+        action: 'remove',
+        cutoffMs: nowMs - minAgeSeconds * 1000,
+        lock: lockName(temporary.finalName),
+        removeLockFile: false,
+      },
+    }
+  }
+
+  return {
+    ageSeconds,
+    entry,
+    kind: 'unknown',
+    name: entry.name,
+    verdict: {action: 'ignore', reason: 'not-a-cache-entry'},
+  }
+}
+
+/** Whether a name in the cache dir is imgcache's own metadata directory. */
+export function isSidecarDir(name: string): boolean {
+  return name === SIDECAR_DIR
+}

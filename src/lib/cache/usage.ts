@@ -1,0 +1,361 @@
+import {posix} from 'node:path'
+
+import type {CacheScan, EntryStat, InstanceDirScan} from '../node/types.js'
+
+import {classifyNova, resizedVariantOf} from './classify.js'
+import {type DomainInfo, parseDomainXml} from './domain-xml.js'
+import {cacheName} from './naming.js'
+import {backingPath, DiskHeaderError, parseDiskHeader, type Qcow2Header} from './qcow2-header.js'
+
+/** How an instance reaches a cache entry. */
+export type UseVia = 'backing' | 'domain' | 'flavor' | 'image'
+
+export interface EntryUse {
+  /** Labels of the instances that use the entry. */
+  instances: string[]
+  /** Whether Nova would refresh the entry's mtime this pass (in-use originals and templates). */
+  touch: boolean
+  via: UseVia[]
+}
+
+export interface DiskView {
+  /** Backing chain as file paths, nearest first (may leave the node's scanned files). */
+  backingChain: string[]
+  format: 'qcow2' | 'raw'
+  name: string
+  virtualSize?: number
+}
+
+export interface InstanceView {
+  /** Directory name under the instances path ('' for a domain known only from libvirt's XML). */
+  dir: string
+  disks: DiskView[]
+  ephemeralGb?: number
+  imageIds: string[]
+  /** The instance name for people: its domain name, else the directory name. */
+  label: string
+  /** Where the instance's image ids came from. */
+  metadata: 'domain-xml' | 'libvirt.xml' | 'none'
+  swapMb?: number
+  uuid?: string
+}
+
+/** An instance disk (or domain file) that could not be read or parsed: prune deletes nothing. */
+export interface DiskProblem {
+  instance: string
+  path: string
+  reason: string
+}
+
+export interface UsageReport {
+  instances: InstanceView[]
+  /** Domain files that could not be parsed (reported, not fatal: Nova does not read them). */
+  metadataWarnings: Array<{path: string; reason: string}>
+  problems: DiskProblem[]
+  uses: Map<string, EntryUse>
+}
+
+export interface UsageSettings {
+  cacheDir: string
+  /** The 7-character extension Nova gives ephemeral templates on this node (§1.2). */
+  ephemeralExtension: string
+  instancesPath: string
+}
+
+/** Names in the instances path that are never instance directories. */
+export function isInstanceDirName(name: string, cacheDirName: string): boolean {
+  if (name === cacheDirName || name.startsWith('_base') || name.startsWith('.')) return false
+  if (name === 'locks' || name === 'snapshots') return false
+  // `<dir>_del`: an instance being deleted (Nova renames it before removal and ignores it).
+  return !name.endsWith('_del')
+}
+
+/** Reads the node asks for once the first-level headers are parsed: a second, batched round trip. */
+export interface HeaderNeed {
+  length: number
+  offset: number
+  path: string
+}
+
+/** Parsed headers by absolute path, filled from the scan and then from follow-up reads. */
+export class HeaderIndex {
+  readonly errors = new Map<string, string>()
+  readonly headers = new Map<string, Qcow2Header | {format: 'raw'}>()
+
+  /** Record the first bytes of a file. */
+  addHead(path: string, head: Buffer, size: number): void {
+    try {
+      this.headers.set(path, parseDiskHeader(head, size))
+    } catch (error) {
+      this.errors.set(path, error instanceof DiskHeaderError ? error.message : String(error))
+    }
+  }
+
+  /** Record a backing file name read separately. */
+  setBackingName(path: string, name: Buffer): void {
+    const header = this.headers.get(path)
+    if (header?.format === 'qcow2') {
+      header.backingFile = name.toString('utf8')
+      delete header.backingFileRange
+    }
+  }
+}
+
+/** Put every head the scan returned into an index. */
+export function indexScan(scan: CacheScan, settings: UsageSettings): HeaderIndex {
+  const index = new HeaderIndex()
+  for (const entry of scan.cacheDir.entries) {
+    if (entry.head) index.addHead(posix.join(settings.cacheDir, entry.name), entry.head, entry.size)
+  }
+
+  for (const dir of scan.instanceDirs) {
+    for (const disk of dir.disks) {
+      const path = posix.join(settings.instancesPath, dir.name, disk.name)
+      if (disk.head) index.addHead(path, disk.head, disk.size ?? disk.head.length)
+      else if (disk.error && disk.errorCode !== 'ENOENT') index.errors.set(path, disk.error)
+    }
+  }
+
+  return index
+}
+
+/**
+ * What still has to be read to follow every backing chain: names stored beyond the bytes read,
+ * and heads of chain members the scan did not cover. Empty when everything is known.
+ */
+export function pendingReads(index: HeaderIndex, headBytes: number): HeaderNeed[] {
+  const needs: HeaderNeed[] = []
+  const seen = new Set<string>()
+  for (const [path, header] of index.headers) {
+    if (header.format !== 'qcow2') continue
+    if (header.backingFileRange) {
+      needs.push({path, ...header.backingFileRange})
+      continue
+    }
+
+    if (header.backingFile === undefined) continue
+    const next = backingPath(posix.dirname(path), header.backingFile)
+    if (next && !index.headers.has(next) && !index.errors.has(next) && !seen.has(next)) {
+      seen.add(next)
+      needs.push({length: headBytes, offset: 0, path: next})
+    }
+  }
+
+  return needs
+}
+
+/** Apply the bytes read for `pendingReads`. Missing chain members stay unknown (the chain ends there). */
+export function applyReads(index: HeaderIndex, needs: HeaderNeed[], results: Array<Buffer | undefined>): void {
+  for (const [i, need] of needs.entries()) {
+    const data = results[i]
+    if (data === undefined) continue
+    if (need.offset === 0 && !index.headers.has(need.path)) {
+      if (data.length > 0) index.addHead(need.path, data, data.length)
+    } else {
+      index.setBackingName(need.path, data)
+    }
+  }
+}
+
+function chainOf(index: HeaderIndex, start: string): {chain: string[]; error?: string} {
+  const chain: string[] = []
+  let current = start
+  for (let depth = 0; depth < 16; depth++) {
+    const header = index.headers.get(current)
+    if (!header || header.format !== 'qcow2' || header.backingFile === undefined) break
+    const next = backingPath(posix.dirname(current), header.backingFile)
+    if (!next) break
+    if (chain.includes(next) || next === start) return {chain, error: 'backing chain loops'}
+    chain.push(next)
+    if (index.errors.has(next)) return {chain, error: `backing file ${next}: ${index.errors.get(next)}`}
+    current = next
+  }
+
+  return {chain}
+}
+
+function diskPathsOf(dir: InstanceDirScan): string[] {
+  return dir.disks.map((d) => d.name)
+}
+
+function matchDomain(dirName: string, domains: Array<{info: DomainInfo; path: string}>) {
+  const base = dirName.endsWith('_resize') ? dirName.slice(0, -'_resize'.length) : dirName
+  return domains.find((d) => d.info.uuid === base || d.info.name === base)
+}
+
+/**
+ * Work out which cache entries the node's instances use, from files alone: every disk of every
+ * instance directory and its backing chain, and the image ids, swap and ephemeral sizes the domain
+ * metadata names (Nova's reference §2.2 and §2.4, widened to every disk and the whole chain).
+ */
+export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: UsageSettings): UsageReport {
+  const report: UsageReport = {instances: [], metadataWarnings: [], problems: [], uses: new Map()}
+  const cacheDirName = posix.basename(settings.cacheDir)
+  const entries = new Map<string, EntryStat>(scan.cacheDir.entries.map((e) => [e.name, e]))
+  const isCacheFile = (name: string) => {
+    const e = entries.get(name)
+    return e !== undefined && (e.type === 'file' || (e.type === 'symlink' && e.targetType === 'file'))
+  }
+
+  const use = (name: string, instance: string, via: UseVia, touch: boolean) => {
+    let u = report.uses.get(name)
+    if (!u) {
+      u = {instances: [], touch: false, via: []}
+      report.uses.set(name, u)
+    }
+
+    if (!u.instances.includes(instance)) u.instances.push(instance)
+    if (!u.via.includes(via)) u.via.push(via)
+    u.touch ||= touch
+  }
+
+  /** Nova's `_find_base_file`: `<fp>`, `<fp>_sm`, and every `<fp>_<digits>` candidate. */
+  const useFingerprint = (fp: string, instance: string, via: UseVia, touch: boolean) => {
+    if (entries.has(fp)) use(fp, instance, via, touch && isCacheFile(fp))
+    if (entries.has(`${fp}_sm`)) use(`${fp}_sm`, instance, via, touch && isCacheFile(`${fp}_sm`))
+    for (const name of entries.keys()) {
+      const variant = resizedVariantOf(name)
+      if (variant?.fingerprint === fp && /^\d+$/.test(variant.suffix) && classifyNova(name, isCacheFile(name))) {
+        use(name, instance, via, touch)
+      }
+    }
+  }
+
+  const inCache = (path: string) => posix.dirname(path) === settings.cacheDir
+
+  const domains: Array<{info: DomainInfo; path: string}> = []
+  for (const file of scan.domainXml) {
+    try {
+      domains.push({info: parseDomainXml(file.text), path: file.path})
+    } catch (error) {
+      report.metadataWarnings.push({path: file.path, reason: error instanceof Error ? error.message : String(error)})
+    }
+  }
+
+  const matched = new Set<string>()
+  for (const dir of scan.instanceDirs) {
+    if (!isInstanceDirName(dir.name, cacheDirName)) continue
+    const dirPath = posix.join(settings.instancesPath, dir.name)
+    if (dir.error) {
+      report.problems.push({instance: dir.name, path: dirPath, reason: dir.error})
+      continue
+    }
+
+    let domain: DomainInfo | undefined
+    let metadata: InstanceView['metadata'] = 'none'
+    if (dir.libvirtXml !== undefined) {
+      try {
+        domain = parseDomainXml(dir.libvirtXml)
+        metadata = 'libvirt.xml'
+      } catch (error) {
+        report.metadataWarnings.push({
+          path: posix.join(dirPath, 'libvirt.xml'),
+          reason: error instanceof Error ? error.message : String(error),
+        })
+      }
+    }
+
+    if (domain) {
+      const found = matchDomain(dir.name, domains)
+      if (found) matched.add(found.path)
+    } else {
+      const found = matchDomain(dir.name, domains)
+      if (found) {
+        domain = found.info
+        metadata = 'domain-xml'
+        matched.add(found.path)
+      }
+    }
+
+    const label = domain?.name && domain.name !== dir.name ? `${dir.name} (${domain.name})` : dir.name
+    const view: InstanceView = {
+      dir: dir.name,
+      disks: [],
+      ephemeralGb: domain?.ephemeralGb,
+      imageIds: domain?.imageIds ?? [],
+      label,
+      metadata,
+      swapMb: domain?.swapMb,
+      uuid: domain?.uuid,
+    }
+    report.instances.push(view)
+
+    for (const diskName of diskPathsOf(dir)) {
+      const path = posix.join(dirPath, diskName)
+      const error = index.errors.get(path)
+      if (error) {
+        report.problems.push({instance: label, path, reason: error})
+        continue
+      }
+
+      const header = index.headers.get(path)
+      if (!header) continue
+      const {chain, error: chainError} = chainOf(index, path)
+      if (chainError) report.problems.push({instance: label, path, reason: chainError})
+      view.disks.push({
+        backingChain: chain,
+        format: header.format,
+        name: diskName,
+        virtualSize: header.format === 'qcow2' ? header.virtualSize : undefined,
+      })
+      // Nova's own rule: the basename of the first backing file, in the local cache dir.
+      if (header.format === 'qcow2' && header.backingFile !== undefined) {
+        const base = posix.basename(header.backingFile)
+        if (entries.has(base)) use(base, label, 'backing', false)
+      }
+
+      for (const member of chain) {
+        if (inCache(member)) use(posix.basename(member), label, 'backing', false)
+      }
+    }
+
+    applyMetadata(view, domain)
+  }
+
+  for (const d of domains) {
+    if (matched.has(d.path)) continue
+    const label = d.info.name ?? d.info.uuid ?? d.path
+    const view: InstanceView = {
+      dir: '',
+      disks: [],
+      ephemeralGb: d.info.ephemeralGb,
+      imageIds: d.info.imageIds,
+      label,
+      metadata: 'domain-xml',
+      swapMb: d.info.swapMb,
+      uuid: d.info.uuid,
+    }
+    report.instances.push(view)
+    applyMetadata(view, d.info)
+  }
+
+  return report
+
+  function applyMetadata(view: InstanceView, domain: DomainInfo | undefined) {
+    for (const id of view.imageIds) useFingerprint(cacheName(id), view.label, 'image', true)
+    if (view.swapMb) use(`swap_${view.swapMb}`, view.label, 'flavor', entries.has(`swap_${view.swapMb}`))
+    if (view.ephemeralGb) {
+      const name = `ephemeral_${view.ephemeralGb}_${settings.ephemeralExtension}`
+      use(name, view.label, 'flavor', entries.has(name))
+    }
+
+    for (const source of domain?.diskSources ?? []) {
+      if (inCache(source)) use(posix.basename(source), view.label, 'domain', false)
+    }
+
+    // Without metadata, the image an instance was built from is what its disks are backed by:
+    // refresh those entries (and the image's resized variants) as Nova refreshes `image_ref`.
+    if (view.metadata === 'none') {
+      for (const disk of view.disks) {
+        for (const member of disk.backingChain) {
+          if (!inCache(member)) continue
+          const name = posix.basename(member)
+          const kind = classifyNova(name, isCacheFile(name))
+          if (kind === 'original') useFingerprint(name, view.label, 'backing', true)
+          else if (kind === 'resized') useFingerprint(name.slice(0, 40), view.label, 'backing', true)
+          else if (kind === 'swap' || kind === 'ephemeral') use(name, view.label, 'backing', true)
+        }
+      }
+    }
+  }
+}

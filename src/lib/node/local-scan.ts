@@ -1,0 +1,232 @@
+import type {Dirent, Stats} from 'node:fs'
+
+import {lstat, open, readdir, readFile, readlink, stat, statfs} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
+
+import {errnoCode} from '../errors.js'
+
+/** Files of an instance directory that may be disks (Nova's names: reference §1.1). */
+export function isDiskName(name: string): boolean {
+  if (name === 'disk' || name === 'kernel' || name === 'ramdisk') return true
+  return name.startsWith('disk.') && !name.startsWith('disk.info')
+}
+
+function typeOf(s: Stats): EntryStat['type'] {
+  if (s.isSymbolicLink()) return 'symlink'
+  if (s.isFile()) return 'file'
+  if (s.isDirectory()) return 'dir'
+  return 'other'
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}
+
+/** lstat an entry; for a symlink, describe its target as Nova sees it (getmtime and isfile follow links). */
+export async function statEntry(dir: string, name: string): Promise<EntryStat> {
+  const path = join(dir, name)
+  const l = await lstat(path)
+  const entry: EntryStat = {
+    allocated: l.blocks * 512,
+    ctimeMs: l.ctimeMs,
+    dev: l.dev,
+    mtimeMs: l.mtimeMs,
+    name,
+    size: l.size,
+    type: typeOf(l),
+  }
+  if (entry.type === 'symlink') {
+    entry.symlinkTarget = await readlink(path).catch(() => '')
+    try {
+      const t = await stat(path)
+      entry.targetType = t.isFile() ? 'file' : t.isDirectory() ? 'dir' : 'other'
+      entry.mtimeMs = t.mtimeMs
+      entry.size = t.size
+    } catch {
+      entry.targetType = 'missing'
+    }
+  }
+
+  return entry
+}
+
+async function readHead(path: string, bytes: number): Promise<{head: Buffer; size: number}> {
+  const handle = await open(path, 'r')
+  try {
+    const {size} = await handle.stat()
+    const buffer = Buffer.alloc(Math.min(bytes, size))
+    const {bytesRead} = buffer.length > 0 ? await handle.read(buffer, 0, buffer.length, 0) : {bytesRead: 0}
+    return {head: buffer.subarray(0, bytesRead), size}
+  } finally {
+    await handle.close()
+  }
+}
+
+async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = Array.from({length: items.length})
+  let next = 0
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++
+      // eslint-disable-next-line no-await-in-loop
+      results[i] = await fn(items[i] as T)
+    }
+  }
+
+  await Promise.all(Array.from({length: Math.min(limit, items.length)}, worker))
+  return results
+}
+
+async function scanInstanceDir(instancesPath: string, name: string, headBytes: number): Promise<InstanceDirScan> {
+  const dir = join(instancesPath, name)
+  let names: Dirent[]
+  try {
+    names = await readdir(dir, {withFileTypes: true})
+  } catch (error) {
+    return {disks: [], error: `cannot list ${dir}: ${message(error)}`, name}
+  }
+
+  const result: InstanceDirScan = {disks: [], name}
+  const files = names.filter((d) => d.isFile() || d.isSymbolicLink())
+  await Promise.all(
+    files.map(async (d) => {
+      const path = join(dir, d.name)
+      if (d.name === 'libvirt.xml') {
+        result.libvirtXml = await readFile(path, 'utf8').catch(() => undefined)
+      } else if (d.name === 'disk.info') {
+        result.diskInfo = await readFile(path, 'utf8').catch(() => undefined)
+      } else if (isDiskName(d.name)) {
+        const disk: DiskHead = {name: d.name}
+        try {
+          const {head, size} = await readHead(path, headBytes)
+          disk.head = head
+          disk.size = size
+        } catch (error) {
+          disk.error = `cannot read: ${message(error)}`
+          disk.errorCode = errnoCode(error)
+        }
+
+        result.disks.push(disk)
+      }
+    }),
+  )
+  result.disks.sort((a, b) => (a.name < b.name ? -1 : 1))
+  return result
+}
+
+export async function fsUsage(path: string): Promise<FsUsage> {
+  const s = await statfs(path)
+  return {available: s.bavail * s.bsize, total: s.blocks * s.bsize}
+}
+
+/** The local implementation of Node.scan: one pass of syscalls, concurrency-bounded. */
+export async function scanLocal(request: ScanRequest): Promise<CacheScan> {
+  const now = Date.now()
+  const scan: CacheScan = {
+    cacheDir: {entries: [], exists: false},
+    domainXml: [],
+    instanceDirs: [],
+    instancesPath: {exists: false},
+    lockDir: {entries: [], exists: false},
+    now,
+    sidecars: {},
+  }
+  try {
+    const s = await stat(request.instancesPath)
+    scan.instancesPath = {dev: s.dev, exists: s.isDirectory()}
+    if (!s.isDirectory()) {
+      scan.instancesPath.error = 'not a directory'
+      scan.instancesPath.errorCode = 'ENOTDIR'
+    }
+  } catch (error) {
+    scan.instancesPath = {error: message(error), errorCode: errnoCode(error), exists: false}
+  }
+
+  if (!scan.instancesPath.exists) return scan
+
+  let top: Dirent[] = []
+  try {
+    top = await readdir(request.instancesPath, {withFileTypes: true})
+  } catch (error) {
+    scan.instancesPath = {error: message(error), errorCode: errnoCode(error), exists: false}
+    return scan
+  }
+
+  const cacheName = request.cacheDir.slice(request.cacheDir.lastIndexOf('/') + 1)
+  const dirs = top.filter((d) => d.isDirectory() && join(request.instancesPath, d.name) !== request.cacheDir)
+  const [instanceDirs] = await Promise.all([
+    mapLimit(dirs, 32, (d) => scanInstanceDir(request.instancesPath, d.name, request.headBytes)),
+    scanCacheDir(request, scan, cacheName),
+    scanLockDir(request, scan),
+    scanDomainXml(request, scan),
+  ])
+  scan.instanceDirs = instanceDirs.sort((a, b) => (a.name < b.name ? -1 : 1))
+  scan.fs = await fsUsage(scan.cacheDir.exists ? request.cacheDir : request.instancesPath).catch(() => undefined)
+  return scan
+}
+
+async function scanCacheDir(request: ScanRequest, scan: CacheScan, _cacheName: string): Promise<void> {
+  let names: string[]
+  try {
+    names = await readdir(request.cacheDir)
+  } catch (error) {
+    const code = errnoCode(error)
+    scan.cacheDir = {entries: [], error: code === 'ENOENT' ? undefined : message(error), errorCode: code, exists: false}
+    return
+  }
+
+  scan.cacheDir.exists = true
+  scan.cacheDir.entries = await mapLimit(names.sort(), 32, async (name) => {
+    try {
+      const entry = await statEntry(request.cacheDir, name)
+      const isFile = entry.type === 'file' || (entry.type === 'symlink' && entry.targetType === 'file')
+      if (isFile && request.cacheHeadBytes > 0) {
+        entry.head = (await readHead(join(request.cacheDir, name), request.cacheHeadBytes).catch(() => undefined))?.head
+      }
+
+      return entry
+    } catch {
+      // Vanished between readdir and lstat: report it as gone by omitting it.
+    }
+  }).then((entries) => entries.filter((e): e is EntryStat => e !== undefined))
+
+  const sidecarDir = join(request.cacheDir, '.imgcache')
+  const sidecars = await readdir(sidecarDir).catch(() => [] as string[])
+  await Promise.all(
+    sidecars
+      .filter((n) => n.endsWith('.json'))
+      .map(async (n) => {
+        const text = await readFile(join(sidecarDir, n), 'utf8').catch(() => undefined)
+        if (text !== undefined) scan.sidecars[n.slice(0, -5)] = text
+      }),
+  )
+}
+
+async function scanLockDir(request: ScanRequest, scan: CacheScan): Promise<void> {
+  try {
+    scan.lockDir = {entries: (await readdir(request.lockDir)).sort(), exists: true}
+  } catch {
+    scan.lockDir = {entries: [], exists: false}
+  }
+}
+
+async function scanDomainXml(request: ScanRequest, scan: CacheScan): Promise<void> {
+  for (const dir of request.domainXmlDirs) {
+    // eslint-disable-next-line no-await-in-loop
+    const names = await readdir(dir).catch(() => [] as string[])
+    // eslint-disable-next-line no-await-in-loop
+    await Promise.all(
+      names
+        .filter((n) => n.endsWith('.xml'))
+        .sort()
+        .map(async (n) => {
+          const text = await readFile(join(dir, n), 'utf8').catch(() => undefined)
+          if (text !== undefined) scan.domainXml.push({path: join(dir, n), text})
+        }),
+    )
+  }
+
+  scan.domainXml.sort((a, b) => (a.path < b.path ? -1 : 1))
+}

@@ -1,0 +1,267 @@
+import type {Readable} from 'node:stream'
+
+import {execa} from 'execa'
+import {createReadStream} from 'node:fs'
+import {lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
+import {basename, dirname, join} from 'node:path'
+
+import type {
+  CacheScan,
+  EntryStat,
+  FsUsage,
+  LockHandle,
+  LockOptions,
+  Node,
+  NodeFileSink,
+  ReadRange,
+  RemoveOptions,
+  RemoveOutcome,
+  RunOptions,
+  RunResult,
+  ScanRequest,
+  WriteFileOptions,
+} from './types.js'
+
+import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError} from '../errors.js'
+import {fsUsage, scanLocal, statEntry} from './local-scan.js'
+import {LockClient} from './lock-client.js'
+import {LOCK_HELPER_PY} from './lock-helper.js'
+
+/** Programs run with a fixed locale so their messages can be parsed (as Nova does for qemu-img). */
+const FIXED_LOCALE = {LANG: 'C', LC_ALL: 'C'}
+
+/** This machine as a compute node. */
+export class LocalNode implements Node {
+  readonly description = 'local'
+  readonly isLocal = true
+  private lockClient?: LockClient
+
+  constructor(readonly name = 'local') {}
+
+  async close(): Promise<void> {
+    await this.lockClient?.close()
+    this.lockClient = undefined
+  }
+
+  async lock(path: string, options: LockOptions): Promise<LockHandle> {
+    this.lockClient ??= this.startLockHelper()
+    return this.lockClient.lock(path, options)
+  }
+
+  async mkdirp(path: string): Promise<void> {
+    try {
+      await mkdir(path, {recursive: true})
+    } catch (error) {
+      throw fromErrno(error, 'cannot create directory', path, {node: this.name})
+    }
+  }
+
+  async openRead(path: string, offset = 0): Promise<Readable> {
+    const stream = createReadStream(path, {start: offset})
+    await new Promise<void>((resolve, reject) => {
+      stream.once('open', () => resolve())
+      stream.once('error', (error) => reject(fromErrno(error, 'cannot read', path, {node: this.name})))
+    })
+    return stream
+  }
+
+  async openWrite(path: string, options: WriteFileOptions = {}): Promise<NodeFileSink> {
+    let handle
+    try {
+      handle = await open(path, options.append ? 'a' : 'w', options.mode ?? 0o644)
+    } catch (error) {
+      throw fromErrno(error, 'cannot write', path, {node: this.name})
+    }
+
+    const fh = handle
+    const stream = fh.createWriteStream({autoClose: false, emitClose: true})
+    let closed = false
+    const closeHandle = async () => {
+      if (closed) return
+      closed = true
+      await fh.close().catch(() => {})
+    }
+
+    return {
+      abort() {
+        stream.destroy()
+        closeHandle().catch(() => {})
+      },
+      async finish() {
+        await new Promise<void>((resolve, reject) => {
+          stream.once('error', reject)
+          stream.end(() => resolve())
+        })
+        try {
+          await fh.sync()
+          return (await fh.stat()).size
+        } catch (error) {
+          throw fromErrno(error, 'cannot flush', path)
+        } finally {
+          await closeHandle()
+        }
+      },
+      stream,
+    }
+  }
+
+  async readRanges(ranges: ReadRange[]): Promise<Buffer[]> {
+    return Promise.all(
+      ranges.map(async ({length, offset, path}) => {
+        const handle = await open(path, 'r').catch((error: unknown) => {
+          if (errnoCode(error) === 'ENOENT') return
+          throw fromErrno(error, 'cannot read', path, {node: this.name})
+        })
+        if (!handle) return Buffer.alloc(0)
+        try {
+          const buffer = Buffer.alloc(length)
+          const {bytesRead} = await handle.read(buffer, 0, length, offset)
+          return buffer.subarray(0, bytesRead)
+        } finally {
+          await handle.close()
+        }
+      }),
+    )
+  }
+
+  async readTextFile(path: string): Promise<string | undefined> {
+    try {
+      return await readFile(path, 'utf8')
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') return undefined
+      throw fromErrno(error, 'cannot read', path, {node: this.name})
+    }
+  }
+
+  async remove(path: string, options: RemoveOptions = {}): Promise<RemoveOutcome> {
+    let l
+    try {
+      l = await lstat(path)
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') return 'missing'
+      throw fromErrno(error, 'cannot remove', path, {node: this.name})
+    }
+
+    if (l.isDirectory())
+      throw fromErrno(Object.assign(new Error('is a directory'), {code: 'EISDIR'}), 'cannot remove', path)
+    if (options.olderThanMs !== undefined) {
+      // Nova's age is os.path.getmtime: it follows a symlink to its target.
+      const mtimeMs = l.isSymbolicLink() ? ((await stat(path).catch(() => l)) ?? l).mtimeMs : l.mtimeMs
+      if (mtimeMs > options.olderThanMs) return 'too-young'
+    }
+
+    try {
+      await unlink(path)
+      return 'removed'
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') return 'missing'
+      throw fromErrno(error, 'cannot remove', path, {node: this.name})
+    }
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    try {
+      await rename(from, to)
+    } catch (error) {
+      throw fromErrno(error, `cannot rename ${from} to`, to, {node: this.name})
+    }
+  }
+
+  async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {
+    const [file, ...args] = argv
+    if (!file) throw new ImgcacheError('BUG', 'run() needs a program')
+    const result = await execa(file, args, {
+      cancelSignal: options.signal,
+      env: {...FIXED_LOCALE, ...options.env},
+      input: options.stdin,
+      reject: false,
+      stripFinalNewline: false,
+      timeout: options.timeoutMs,
+    })
+    if (result.failed && result.exitCode === undefined) {
+      const reason = result.timedOut
+        ? `timed out after ${options.timeoutMs} ms`
+        : result.isCanceled
+          ? 'cancelled'
+          : result.shortMessage
+      throw new RemoteCommandError(`${file} could not run: ${reason}`, {argv, node: this.name, stderr: result.stderr})
+    }
+
+    const outcome = {exitCode: result.exitCode ?? 1, stderr: result.stderr, stdout: result.stdout}
+    if (outcome.exitCode !== 0 && options.reject !== false) {
+      throw new RemoteCommandError(`${basename(file)} exited with status ${outcome.exitCode}`, {
+        argv,
+        exitStatus: outcome.exitCode,
+        node: this.name,
+        stderr: outcome.stderr,
+      })
+    }
+
+    return outcome
+  }
+
+  scan(request: ScanRequest): Promise<CacheScan> {
+    return scanLocal(request)
+  }
+
+  async stat(path: string): Promise<EntryStat | undefined> {
+    try {
+      return await statEntry(dirname(path), basename(path))
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') return undefined
+      throw fromErrno(error, 'cannot stat', path, {node: this.name})
+    }
+  }
+
+  async statfs(path: string): Promise<FsUsage> {
+    try {
+      return await fsUsage(path)
+    } catch (error) {
+      throw fromErrno(error, 'cannot stat the file system of', path, {node: this.name})
+    }
+  }
+
+  async touch(paths: string[]): Promise<void> {
+    const now = new Date()
+    for (const path of paths) {
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        await utimes(path, now, now)
+      } catch (error) {
+        throw fromErrno(error, 'cannot touch', path, {node: this.name})
+      }
+    }
+  }
+
+  async writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+    const temporary = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`)
+    try {
+      const handle = await open(temporary, 'w', mode)
+      try {
+        await handle.writeFile(data)
+        await handle.sync()
+      } finally {
+        await handle.close()
+      }
+
+      await rename(temporary, path)
+    } catch (error) {
+      await unlink(temporary).catch(() => {})
+      throw fromErrno(error, 'cannot write', path, {node: this.name})
+    }
+  }
+
+  private startLockHelper(): LockClient {
+    const child = execa('python3', ['-c', LOCK_HELPER_PY], {buffer: false, reject: false, stdin: 'pipe'})
+    return new LockClient(
+      {
+        exited: child,
+        kill: () => child.kill('SIGKILL'),
+        stderr: child.stderr,
+        stdin: child.stdin,
+        stdout: child.stdout,
+      },
+      this.name,
+    )
+  }
+}

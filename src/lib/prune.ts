@@ -1,0 +1,271 @@
+import {posix} from 'node:path'
+
+import type {NodeAnalysis} from './analysis.js'
+import type {PlanItem} from './cache/policy.js'
+import type {DiskProblem} from './cache/usage.js'
+
+import {SIDECAR_DIR} from './cache/naming.js'
+import {formatDuration} from './duration.js'
+import {describeError, errnoCode, ImgcacheError} from './errors.js'
+
+export type PruneOutcome =
+  /** Kept: in use by an instance (and touched, when Nova would touch it). */
+  | 'error'
+  /** Kept: not a cache entry by Nova's rules. */
+  | 'guarded'
+  /** Kept: unused but younger than its minimum age. */
+  | 'ignored'
+  /** Kept: old enough, but remove_unused_base_images is off. */
+  | 'in-use'
+  /** Kept: the prune guard tripped (an instance disk could not be read). */
+  | 'locked'
+  /** Kept: its lock is held by another process. */
+  | 'rechecked'
+  /** Kept: the re-check under the lock found it used again (mtime refreshed) or gone. */
+  | 'removal-disabled'
+  /** Removed (or, in a dry run, would be). */
+  | 'removed'
+  /** Removing it failed. */
+  | 'too-young'
+
+export interface PruneDecision {
+  ageSeconds: number
+  bytes: number
+  kind: PlanItem['kind']
+  name: string
+  outcome: PruneOutcome
+  path: string
+  reason: string
+  /** When an unused entry becomes removable (ISO time), for too-young entries. */
+  removableAt?: string
+  /** Whether the entry's mtime was refreshed (or, in a dry run, would be). */
+  touched: boolean
+  users?: string[]
+}
+
+export interface PruneResult {
+  cacheDir: string
+  /** Whether the cache dir exists; when it does not, there is nothing to do. */
+  cacheDirExists: boolean
+  decisions: PruneDecision[]
+  dryRun: boolean
+  errors: number
+  /** Instance disks that could not be read: while any exist, nothing is deleted (exit 4). */
+  guard: DiskProblem[]
+  instancesPath: string
+  node: string
+  /** Allocated bytes freed (or that would be freed). */
+  reclaimedBytes: number
+  removed: number
+  /** Orphaned imgcache metadata files removed. */
+  sidecarsRemoved: number
+  touched: number
+}
+
+export interface PruneOptions {
+  dryRun: boolean
+  /** How long to wait for a lock held by someone else before skipping the file. */
+  lockTimeoutMs: number
+  /** Called once per decision, as it is made (for log lines). */
+  onDecision?: (decision: PruneDecision) => void
+  signal?: AbortSignal
+}
+
+/** What prune does with a planned entry (before acting): shared by prune and inspect. */
+export function pruneVerdict(
+  item: PlanItem,
+  guarded: boolean,
+): {outcome: PruneOutcome; reason: string; removableAt?: string} {
+  const v = item.verdict
+  switch (v.action) {
+    case 'ignore': {
+      return {outcome: 'ignored', reason: "not a cache entry by Nova's rules"}
+    }
+
+    case 'keep': {
+      if (v.reason === 'in-use') return {outcome: 'in-use', reason: 'in use'}
+      const removableAt = new Date(v.removableAtMs).toISOString()
+      if (v.reason === 'too-young') {
+        return {
+          outcome: 'too-young',
+          reason: `unused, younger than ${formatDuration(item.minAgeSeconds ?? 0)}`,
+          removableAt,
+        }
+      }
+
+      return {
+        outcome: 'removal-disabled',
+        reason: 'unused and old enough, but remove_unused_base_images is off',
+        removableAt,
+      }
+    }
+
+    case 'remove': {
+      if (guarded)
+        return {outcome: 'guarded', reason: 'unused and old enough, kept because an instance disk could not be read'}
+      return {
+        outcome: 'removed',
+        reason:
+          item.kind === 'temporary'
+            ? `stale ${item.name.endsWith('.part') ? 'download' : 'conversion'} left by an interrupted run`
+            : 'unused and old enough',
+      }
+    }
+  }
+}
+
+/**
+ * Nova's clean-up pass on one analysed node (reference §2.4–2.5): touch in-use entries, remove
+ * unused ones old enough under their lock after re-checking their age, remove their lock files,
+ * and remove imgcache's own stale temporaries when nobody holds their lock. A dry run makes the
+ * same decisions and changes nothing.
+ */
+export async function prune(analysis: NodeAnalysis, options: PruneOptions): Promise<PruneResult> {
+  const {node, plan, settings, usage} = analysis
+  const guarded = usage.problems.length > 0
+  const result: PruneResult = {
+    cacheDir: settings.cacheDir,
+    cacheDirExists: analysis.scan.cacheDir.exists,
+    decisions: [],
+    dryRun: options.dryRun,
+    errors: 0,
+    guard: usage.problems,
+    instancesPath: settings.instancesPath,
+    node: node.name,
+    reclaimedBytes: 0,
+    removed: 0,
+    sidecarsRemoved: 0,
+    touched: 0,
+  }
+  const emit = (decision: PruneDecision) => {
+    result.decisions.push(decision)
+    options.onDecision?.(decision)
+  }
+
+  // Touch in-use entries first, as Nova marks them before it removes anything.
+  const toTouch = plan.filter((i) => i.verdict.action === 'keep' && i.verdict.reason === 'in-use' && i.verdict.touch)
+  if (!options.dryRun && toTouch.length > 0) {
+    try {
+      await node.touch(toTouch.map((i) => posix.join(settings.cacheDir, i.name)))
+    } catch (error) {
+      result.errors++
+      emit({
+        ageSeconds: 0,
+        bytes: 0,
+        kind: 'original',
+        name: '(touch)',
+        outcome: 'error',
+        path: settings.cacheDir,
+        reason: `cannot refresh the mtime of in-use entries: ${describeError(error)}`,
+        touched: false,
+      })
+    }
+  }
+
+  for (const item of plan) {
+    if (options.signal?.aborted) break
+    const path = posix.join(settings.cacheDir, item.name)
+    if (item.kind === 'unknown' && item.name === SIDECAR_DIR) continue
+    const {outcome, reason, removableAt} = pruneVerdict(item, guarded)
+    const decision: PruneDecision = {
+      ageSeconds: Math.round(item.ageSeconds),
+      bytes: item.entry.type === 'symlink' ? 0 : item.entry.allocated,
+      kind: item.kind,
+      name: item.name,
+      outcome,
+      path,
+      reason,
+      touched: false,
+    }
+    const use = usage.uses.get(item.name)
+    if (use) decision.users = use.instances
+    if (removableAt) decision.removableAt = removableAt
+
+    if (item.verdict.action === 'keep' && item.verdict.reason === 'in-use' && item.verdict.touch) {
+      decision.touched = true
+      if (!options.dryRun) result.touched++
+    }
+
+    if (outcome === 'removed' && item.verdict.action === 'remove' && !options.dryRun) {
+      // eslint-disable-next-line no-await-in-loop
+      await removeUnderLock(analysis, item, decision, options)
+    }
+
+    if (decision.outcome === 'removed') {
+      result.removed++
+      result.reclaimedBytes += decision.bytes
+    } else if (decision.outcome === 'error') {
+      result.errors++
+    }
+
+    emit(decision)
+  }
+
+  if (!guarded && !options.dryRun && settings.policy.removeUnused) {
+    const gone = new Set(result.decisions.filter((d) => d.outcome === 'removed').map((d) => d.name))
+    result.sidecarsRemoved = await removeOrphanSidecars(analysis, gone)
+  }
+
+  return result
+}
+
+async function removeUnderLock(analysis: NodeAnalysis, item: PlanItem, decision: PruneDecision, options: PruneOptions) {
+  const {node, settings} = analysis
+  if (item.verdict.action !== 'remove') return
+  const lockPath = posix.join(settings.lockDir, item.verdict.lock)
+  // Temporaries are removed only when nobody holds their lock right now; bases wait a bounded time.
+  const timeoutMs = item.kind === 'temporary' ? 0 : options.lockTimeoutMs
+  let lock
+  try {
+    lock = await node.lock(lockPath, {signal: options.signal, timeoutMs})
+  } catch (error) {
+    if (error instanceof ImgcacheError && error.code === 'LOCK_BUSY') {
+      decision.outcome = 'locked'
+      decision.reason =
+        item.kind === 'temporary'
+          ? 'a download or conversion holds its lock: still in progress'
+          : `its lock ${lockPath} is held by another process; skipped (waited ${Math.round(timeoutMs / 1000)} s)`
+      return
+    }
+
+    decision.outcome = 'error'
+    decision.reason = `cannot take its lock: ${describeError(error)}`
+    return
+  }
+
+  try {
+    const removed = await node.remove(decision.path, {olderThanMs: item.verdict.cutoffMs})
+    if (removed !== 'removed') {
+      decision.outcome = 'rechecked'
+      decision.reason =
+        removed === 'missing'
+          ? 'gone when re-checked under the lock'
+          : 'used again while waiting for the lock (mtime refreshed)'
+    }
+  } catch (error) {
+    decision.outcome = 'error'
+    decision.reason = `failed to remove: ${describeError(error)}`
+    if (errnoCode((error as {cause?: unknown}).cause) === 'EACCES') decision.reason += ' (run as root or the nova user)'
+  } finally {
+    await lock.release()
+  }
+
+  // Nova removes a removed base's lock file outside the lock (even when the re-check kept the file).
+  if (item.verdict.removeLockFile) {
+    await node.remove(lockPath).catch(() => 'missing')
+  }
+}
+
+async function removeOrphanSidecars(analysis: NodeAnalysis, gone: Set<string>): Promise<number> {
+  const {node, scan, settings} = analysis
+  const present = new Set(scan.cacheDir.entries.map((e) => e.name).filter((n) => !gone.has(n)))
+  let removed = 0
+  for (const name of Object.keys(scan.sidecars)) {
+    if (present.has(name) || present.has(`${name}.part`) || present.has(`${name}.converted`)) continue
+    // eslint-disable-next-line no-await-in-loop
+    const outcome = await node.remove(posix.join(settings.cacheDir, SIDECAR_DIR, `${name}.json`)).catch(() => 'missing')
+    if (outcome === 'removed') removed++
+  }
+
+  return removed
+}

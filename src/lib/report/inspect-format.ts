@@ -1,0 +1,105 @@
+import type {InspectEntry, InspectResult} from '../inspect.js'
+
+import {formatBytes, formatDuration} from '../duration.js'
+import {renderTable} from './table.js'
+
+function pruneColumn(entry: InspectEntry, now: number): string {
+  const {outcome, removableAt} = entry.prune
+  switch (outcome) {
+    case 'error':
+    case 'locked':
+    case 'rechecked': {
+      return outcome
+    }
+
+    case 'guarded': {
+      return 'keep (guard)'
+    }
+
+    case 'ignored': {
+      return entry.kind === 'unknown' ? 'never (not a cache entry)' : 'keep'
+    }
+
+    case 'in-use': {
+      return 'keep (in use)'
+    }
+
+    case 'removal-disabled': {
+      return 'keep (removal off)'
+    }
+
+    case 'removed': {
+      return 'remove now'
+    }
+
+    case 'too-young': {
+      return removableAt ? `removable in ${formatDuration((Date.parse(removableAt) - now) / 1000)}` : 'keep (too young)'
+    }
+  }
+}
+
+function usersColumn(users: string[]): string {
+  if (users.length === 0) return '-'
+  if (users.length <= 2) return users.join(', ')
+  return `${users.slice(0, 2).join(', ')} +${users.length - 2}`
+}
+
+/** Human view of `imgcache inspect`: a table per node, totals, and what needs attention. */
+export function formatInspect(results: InspectResult[], options: {now?: number; verbose?: boolean} = {}): string {
+  const now = options.now ?? Date.now()
+  const out: string[] = []
+  for (const r of results) {
+    out.push(`${r.node}: ${r.cacheDir}${r.cacheDirExists ? '' : ' (does not exist: nothing cached)'}`)
+    if (options.verbose) {
+      out.push(
+        `  instances path from ${r.settings.instancesPathFrom}, cache dir from ${r.settings.cacheDirFrom}` +
+          `${r.settings.novaConf ? `, nova.conf ${r.settings.novaConf}` : ''}; originals removable after ${formatDuration(r.settings.minAgeSeconds)}` +
+          `, resized after ${formatDuration(r.settings.resizedMinAgeSeconds)}${r.settings.removeUnused ? '' : ', removal off'}`,
+      )
+    }
+
+    if (r.entries.length > 0) {
+      const rows = r.entries.map((e) => [
+        e.name,
+        e.kind,
+        e.imageName ?? e.imageId ?? '-',
+        formatBytes(e.sizeBytes),
+        e.virtualSize === undefined ? '-' : formatBytes(e.virtualSize),
+        e.format ?? '-',
+        formatDuration(e.ageSeconds),
+        usersColumn(e.users),
+        pruneColumn(e, now),
+        e.sound ? 'ok' : e.kind === 'unknown' ? '-' : `NO: ${e.problems.join('; ')}`,
+      ])
+      out.push(
+        renderTable(
+          ['NAME', 'KIND', 'IMAGE', 'SIZE', 'VIRTUAL', 'FORMAT', 'UNUSED FOR', 'USERS', 'PRUNE', 'SOUND'],
+          rows,
+        ),
+      )
+    }
+
+    const t = r.totals
+    out.push(
+      `${t.entries} entr${t.entries === 1 ? 'y' : 'ies'} (${t.inUse} in use), ${formatBytes(t.bytes)} on disk, ` +
+        `${formatBytes(t.reclaimableBytes)} reclaimable now; ${t.temporaries} temporar${t.temporaries === 1 ? 'y' : 'ies'}, ${t.unknown} other file${t.unknown === 1 ? '' : 's'}` +
+        `${r.fs ? `; ${formatBytes(r.fs.availableBytes)} free of ${formatBytes(r.fs.totalBytes)}` : ''}; ${r.instances.total} instance${r.instances.total === 1 ? '' : 's'}`,
+    )
+    for (const g of r.guard) {
+      out.push(`! cannot read instance disk ${g.path} (${g.instance}): ${g.reason}`)
+    }
+
+    if (r.guard.length > 0)
+      out.push('→ prune will delete nothing on this node until that disk can be read; check it with qemu-img info -U.')
+    for (const w of r.metadataWarnings) out.push(`! ignoring ${w.path}: ${w.reason}`)
+    if (t.unsound > 0)
+      out.push(
+        `→ ${t.unsound} unsound file${t.unsound === 1 ? '' : 's'}: see the SOUND column; remove and re-populate them once unused.`,
+      )
+    if (t.reclaimableBytes > 0)
+      out.push('→ imgcache prune --dry-run shows what prune would remove; imgcache prune removes it.')
+    out.push('')
+  }
+
+  return out.join('\n').trimEnd()
+}

@@ -1,0 +1,70 @@
+import type {PruneDecision, PruneResult} from '../prune.js'
+
+import {formatBytes, formatDuration} from '../duration.js'
+
+export type LogLevel = 'error' | 'info' | 'verbose' | 'warn'
+
+/** How loud a decision is: actions and trouble by default, every decision with --verbose. */
+export function decisionLevel(d: PruneDecision): LogLevel {
+  if (d.outcome === 'error') return 'error'
+  if (d.outcome === 'guarded' || d.outcome === 'locked') return 'warn'
+  if (d.outcome === 'removed') return 'info'
+  return 'verbose'
+}
+
+/** One log line for a decision, in Nova's words where Nova has them. */
+export function decisionText(node: string, d: PruneDecision, dryRun: boolean): string {
+  const prefix = `${node}: `
+  switch (d.outcome) {
+    case 'error': {
+      return `${prefix}failed to remove ${d.path}: ${d.reason}`
+    }
+
+    case 'guarded': {
+      return `${prefix}kept ${d.path}: ${d.reason}`
+    }
+
+    case 'ignored': {
+      return `${prefix}ignored ${d.path}: ${d.reason}`
+    }
+
+    case 'in-use': {
+      return `${prefix}${d.touched ? (dryRun ? 'would touch' : 'touched') : 'kept'} ${d.path}: in use by ${(d.users ?? []).join(', ')}`
+    }
+
+    case 'locked': {
+      return `${prefix}skipped ${d.path}: ${d.reason}`
+    }
+
+    case 'rechecked': {
+      return `${prefix}kept ${d.path}: ${d.reason}`
+    }
+
+    case 'removal-disabled': {
+      return `${prefix}kept ${d.path}: ${d.reason}`
+    }
+
+    case 'removed': {
+      const verb = dryRun ? 'would remove' : 'removed'
+      return `${prefix}${verb} ${d.kind === 'temporary' ? 'stale temporary' : d.kind} ${d.path} (${formatBytes(d.bytes)}, unused for ${formatDuration(d.ageSeconds)})${d.kind === 'temporary' ? `: ${d.reason}` : ''}`
+    }
+
+    case 'too-young': {
+      return `${prefix}kept ${d.path}: too young to remove (${formatDuration(d.ageSeconds)} old${d.removableAt ? `, removable at ${d.removableAt}` : ''})`
+    }
+  }
+}
+
+/** The closing line of a prune on one node, empty when nothing happened (cron stays quiet). */
+export function pruneSummary(r: PruneResult): string {
+  if (!r.cacheDirExists) return ''
+  const parts: string[] = []
+  if (r.removed > 0)
+    parts.push(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed} (${formatBytes(r.reclaimedBytes)})`)
+  if (r.errors > 0) parts.push(`${r.errors} error${r.errors === 1 ? '' : 's'}`)
+  const locked = r.decisions.filter((d) => d.outcome === 'locked').length
+  if (locked > 0) parts.push(`${locked} skipped (locked)`)
+  if (r.guard.length > 0)
+    parts.push(`nothing removed: ${r.guard.length} instance disk${r.guard.length === 1 ? '' : 's'} unreadable`)
+  return parts.length > 0 ? `${r.node}: prune ${r.dryRun ? '(dry run) ' : ''}${parts.join(', ')}` : ''
+}
