@@ -73,8 +73,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
         return
       }
 
-      const lines = [err.message, ...err.suggestions.map((s) => `→ ${s}`)]
-      this.error(lines.join('\n'), {code: err.code, exit: err.exitCode})
+      // Our own format, unwrapped, so that paths and commands can be copied from the message.
+      this.logToStderr([`error: ${err.message}`, ...err.suggestions.map((s) => `→ ${s}`)].join('\n'))
+      this.exit(err.exitCode)
     }
 
     if (err instanceof Errors.CLIError || (err as {oclif?: unknown}).oclif) {

@@ -57,7 +57,8 @@ export function planPrune(
   settings: PolicySettings,
   nowMs: number,
 ): PlanItem[] {
-  const items = entries.map((entry) => planEntry(entry, uses, settings, nowMs))
+  const names = new Set(entries.map((e) => e.name))
+  const items = entries.map((entry) => planEntry(entry, uses, settings, nowMs, names))
   const rank: Record<EntryKind, number> = {ephemeral: 2, original: 0, resized: 0, swap: 1, temporary: 3, unknown: 4}
   return items.sort((a, b) => rank[a.kind] - rank[b.kind] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
 }
@@ -67,6 +68,7 @@ function planEntry(
   uses: ReadonlyMap<string, EntryUse>,
   settings: PolicySettings,
   nowMs: number,
+  names: ReadonlySet<string>,
 ): PlanItem {
   const ageSeconds = Math.max(0, (nowMs - entry.mtimeMs) / 1000)
   const kind = classifyNova(entry.name, isFileLike(entry))
@@ -110,7 +112,8 @@ function planEntry(
         action: 'remove',
         cutoffMs: nowMs - minAgeSeconds * 1000,
         lock: lockName(temporary.finalName),
-        removeLockFile: false,
+        // The lock file goes with the temporary when the entry it was for does not exist either.
+        removeLockFile: !names.has(temporary.finalName),
       },
     }
   }

@@ -187,6 +187,11 @@ function matchDomain(dirName: string, domains: Array<{info: DomainInfo; path: st
  * Work out which cache entries the node's instances use, from files alone: every disk of every
  * instance directory and its backing chain, and the image ids, swap and ephemeral sizes the domain
  * metadata names (Nova's reference §2.2 and §2.4, widened to every disk and the whole chain).
+ *
+ * Image ids are matched as Nova's `_find_base_file` does, including how it walks its list of
+ * unexplained files while removing from it: of two `<fp>_<digits>` files next to each other in
+ * directory order, the second is skipped and stays removable unless a disk is backed by it.
+ * The order is the cache dir's listing order, as `os.listdir` gives it.
  */
 export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: UsageSettings): UsageReport {
   const report: UsageReport = {instances: [], metadataWarnings: [], problems: [], uses: new Map()}
@@ -195,6 +200,18 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
   const isCacheFile = (name: string) => {
     const e = entries.get(name)
     return e !== undefined && (e.type === 'file' || (e.type === 'symlink' && e.targetType === 'file'))
+  }
+
+  // Nova's `unexplained_images`: originals and resized candidates, in listing order.
+  const unexplained = scan.cacheDir.entries
+    .filter((e) => {
+      const kind = classifyNova(e.name, isCacheFile(e.name))
+      return kind === 'original' || kind === 'resized'
+    })
+    .map((e) => e.name)
+  const explain = (name: string) => {
+    const i = unexplained.indexOf(name)
+    if (i !== -1) unexplained.splice(i, 1)
   }
 
   const use = (name: string, instance: string, via: UseVia, touch: boolean) => {
@@ -209,14 +226,40 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     u.touch ||= touch
   }
 
-  /** Nova's `_find_base_file`: `<fp>`, `<fp>_sm`, and every `<fp>_<digits>` candidate. */
-  const useFingerprint = (fp: string, instance: string, via: UseVia, touch: boolean) => {
-    if (entries.has(fp)) use(fp, instance, via, touch && isCacheFile(fp))
-    if (entries.has(`${fp}_sm`)) use(`${fp}_sm`, instance, via, touch && isCacheFile(`${fp}_sm`))
-    for (const name of entries.keys()) {
+  /**
+   * Nova's `_find_base_file` + `_mark_in_use` for one fingerprint. Nova does it once per image id
+   * (its used images are a dict); later users of the same image share the result.
+   */
+  const marked = new Map<string, string[]>()
+  const useFingerprint = (fp: string, instance: string, via: UseVia) => {
+    const earlier = marked.get(fp)
+    if (earlier) {
+      for (const name of earlier) use(name, instance, via, isCacheFile(name))
+      return
+    }
+
+    const names: string[] = []
+    marked.set(fp, names)
+    if (entries.has(fp)) {
+      names.push(fp)
+      use(fp, instance, via, isCacheFile(fp))
+      explain(fp)
+    }
+
+    if (entries.has(`${fp}_sm`)) {
+      names.push(`${fp}_sm`)
+      use(`${fp}_sm`, instance, via, isCacheFile(`${fp}_sm`))
+      explain(`${fp}_sm`)
+    }
+
+    // A Python for-loop over a list the loop body shrinks: after a removal the next item is skipped.
+    for (let i = 0; i < unexplained.length; i++) {
+      const name = unexplained[i] as string
       const variant = resizedVariantOf(name)
-      if (variant?.fingerprint === fp && /^\d+$/.test(variant.suffix) && classifyNova(name, isCacheFile(name))) {
-        use(name, instance, via, touch)
+      if (variant?.fingerprint === fp && /^\d+$/.test(variant.suffix)) {
+        names.push(name)
+        use(name, instance, via, true)
+        unexplained.splice(i, 1)
       }
     }
   }
@@ -232,7 +275,9 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     }
   }
 
+  // Phase 1: every instance, its metadata and its disks' backing chains.
   const matched = new Set<string>()
+  const views: Array<{domain?: DomainInfo; firstBacking: string[]; view: InstanceView}> = []
   for (const dir of scan.instanceDirs) {
     if (!isInstanceDirName(dir.name, cacheDirName)) continue
     const dirPath = posix.join(settings.instancesPath, dir.name)
@@ -255,16 +300,11 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
       }
     }
 
-    if (domain) {
-      const found = matchDomain(dir.name, domains)
-      if (found) matched.add(found.path)
-    } else {
-      const found = matchDomain(dir.name, domains)
-      if (found) {
-        domain = found.info
-        metadata = 'domain-xml'
-        matched.add(found.path)
-      }
+    const found = matchDomain(dir.name, domains)
+    if (found) matched.add(found.path)
+    if (!domain && found) {
+      domain = found.info
+      metadata = 'domain-xml'
     }
 
     const label = domain?.name && domain.name !== dir.name ? `${dir.name} (${domain.name})` : dir.name
@@ -278,8 +318,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
       swapMb: domain?.swapMb,
       uuid: domain?.uuid,
     }
-    report.instances.push(view)
-
+    const firstBacking: string[] = []
     for (const diskName of diskPathsOf(dir)) {
       const path = posix.join(dirPath, diskName)
       const error = index.errors.get(path)
@@ -298,41 +337,60 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
         name: diskName,
         virtualSize: header.format === 'qcow2' ? header.virtualSize : undefined,
       })
-      // Nova's own rule: the basename of the first backing file, in the local cache dir.
-      if (header.format === 'qcow2' && header.backingFile !== undefined) {
-        const base = posix.basename(header.backingFile)
-        if (entries.has(base)) use(base, label, 'backing', false)
-      }
-
-      for (const member of chain) {
-        if (inCache(member)) use(posix.basename(member), label, 'backing', false)
-      }
+      if (header.format === 'qcow2' && header.backingFile !== undefined)
+        firstBacking.push(posix.basename(header.backingFile))
     }
 
-    applyMetadata(view, domain)
+    report.instances.push(view)
+    views.push({domain, firstBacking, view})
   }
 
   for (const d of domains) {
     if (matched.has(d.path)) continue
-    const label = d.info.name ?? d.info.uuid ?? d.path
     const view: InstanceView = {
       dir: '',
       disks: [],
       ephemeralGb: d.info.ephemeralGb,
       imageIds: d.info.imageIds,
-      label,
+      label: d.info.name ?? d.info.uuid ?? d.path,
       metadata: 'domain-xml',
       swapMb: d.info.swapMb,
       uuid: d.info.uuid,
     }
     report.instances.push(view)
-    applyMetadata(view, d.info)
+    views.push({domain: d.info, firstBacking: [], view})
   }
 
-  return report
+  // Phase 2: image ids, in instance order, as Nova marks its used images (touching them).
+  // Without metadata, the image an instance was built from is what its disks are backed by.
+  for (const {view} of views) {
+    const fingerprints = view.imageIds.map((id) => cacheName(id))
+    if (view.metadata === 'none') {
+      for (const disk of view.disks) {
+        for (const member of disk.backingChain) {
+          if (!inCache(member)) continue
+          const name = posix.basename(member)
+          const kind = classifyNova(name, isCacheFile(name))
+          if (kind === 'original') fingerprints.push(name)
+          else if (kind === 'resized') fingerprints.push(name.slice(0, 40))
+          else if (kind === 'swap' || kind === 'ephemeral') use(name, view.label, 'backing', true)
+        }
+      }
+    }
 
-  function applyMetadata(view: InstanceView, domain: DomainInfo | undefined) {
-    for (const id of view.imageIds) useFingerprint(cacheName(id), view.label, 'image', true)
+    for (const fp of new Set(fingerprints))
+      useFingerprint(fp, view.label, view.metadata === 'none' ? 'backing' : 'image')
+  }
+
+  // Phase 3: backing files (not touched, as Nova's backing pass), flavor templates, domain disks.
+  for (const {domain, firstBacking, view} of views) {
+    // Nova's own rule: the basename of each disk's first backing file, in the local cache dir.
+    for (const base of firstBacking) if (entries.has(base)) use(base, view.label, 'backing', false)
+    for (const disk of view.disks) {
+      for (const member of disk.backingChain)
+        if (inCache(member)) use(posix.basename(member), view.label, 'backing', false)
+    }
+
     if (view.swapMb) use(`swap_${view.swapMb}`, view.label, 'flavor', entries.has(`swap_${view.swapMb}`))
     if (view.ephemeralGb) {
       const name = `ephemeral_${view.ephemeralGb}_${settings.ephemeralExtension}`
@@ -342,20 +400,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     for (const source of domain?.diskSources ?? []) {
       if (inCache(source)) use(posix.basename(source), view.label, 'domain', false)
     }
-
-    // Without metadata, the image an instance was built from is what its disks are backed by:
-    // refresh those entries (and the image's resized variants) as Nova refreshes `image_ref`.
-    if (view.metadata === 'none') {
-      for (const disk of view.disks) {
-        for (const member of disk.backingChain) {
-          if (!inCache(member)) continue
-          const name = posix.basename(member)
-          const kind = classifyNova(name, isCacheFile(name))
-          if (kind === 'original') useFingerprint(name, view.label, 'backing', true)
-          else if (kind === 'resized') useFingerprint(name.slice(0, 40), view.label, 'backing', true)
-          else if (kind === 'swap' || kind === 'ephemeral') use(name, view.label, 'backing', true)
-        }
-      }
-    }
   }
+
+  return report
 }

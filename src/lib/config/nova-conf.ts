@@ -71,7 +71,8 @@ function lookup(sections: Sections, key: keyof typeof OPTIONS): undefined | {opt
   for (const [group, option] of OPTIONS[key]) {
     const value = sections[group]?.[option]
     if (typeof value === 'string') return {option: `[${group}] ${option}`, value}
-    if (value === true) return {option: `[${group}] ${option}`, value: ''}
+    // The ini parser turns bare `true`/`false` into booleans, and a key without `=` into true.
+    if (typeof value === 'boolean') return {option: `[${group}] ${option}`, value: String(value)}
   }
 
   return undefined

@@ -178,7 +178,8 @@ async function scanCacheDir(request: ScanRequest, scan: CacheScan, _cacheName: s
   }
 
   scan.cacheDir.exists = true
-  scan.cacheDir.entries = await mapLimit(names.sort(), 32, async (name) => {
+  // Listing order is kept: Nova walks the cache dir in os.listdir order.
+  scan.cacheDir.entries = await mapLimit(names, 32, async (name) => {
     try {
       const entry = await statEntry(request.cacheDir, name)
       const isFile = entry.type === 'file' || (entry.type === 'symlink' && entry.targetType === 'file')
