@@ -1,0 +1,68 @@
+import type {Readable} from 'node:stream'
+
+/** What an image source knows about one image, whatever the source. */
+export interface ImageRecord {
+  /** MD5 hex digest (Glance's legacy `checksum`). */
+  checksum?: string
+  containerFormat?: string
+  diskFormat?: string
+  /** The Glance image id: the cache file is named by its SHA-1. */
+  id: string
+  name?: string
+  /** Algorithm of `osHashValue` (Glance's multihash, usually sha512). */
+  osHashAlgo?: string
+  osHashValue?: string
+  size?: number
+  source: 'file' | 'glance' | 'url'
+  /** Glance's status; `active` for URLs and files. */
+  status: string
+  virtualSize?: number
+}
+
+export const hashAlgorithms = ['md5', 'sha1', 'sha256', 'sha384', 'sha512'] as const
+export type HashAlgorithm = (typeof hashAlgorithms)[number]
+
+/** The digest a download must match: the strongest one the source declares. */
+export interface ExpectedHash {
+  algorithm: HashAlgorithm
+  /** Lowercase hex. */
+  value: string
+}
+
+export interface OpenOptions {
+  /** Start reading here (HTTP Range / file position), to resume a partial download. */
+  offset?: number
+  signal?: AbortSignal
+}
+
+export interface OpenedImage {
+  /** Where the stream starts: the requested offset when the source honoured it, else 0. */
+  offset: number
+  /** Errors it emits are ImgcacheErrors (never carrying request headers), or an AbortError. */
+  stream: Readable
+  /** Size of the whole image when the source said so. */
+  totalSize?: number
+}
+
+/** What a node needs to fetch the image itself (curl). */
+export interface DownloadRequest {
+  /**
+   * May hold `X-Auth-Token` or `Authorization`: pass them to curl on stdin or in a 0600 file
+   * (`curl -H @file`), never in an argv.
+   */
+  headers: Record<string, string>
+  url: string
+}
+
+export interface ImageSource {
+  /** Where credentials came from, for --verbose; never a secret. */
+  describeAuth?(): string
+  /** For messages; never holds a secret. */
+  readonly description: string
+  downloadRequest(image: ImageRecord): Promise<DownloadRequest>
+  /** Every image the credentials can see (all pages). */
+  list(): Promise<ImageRecord[]>
+  open(image: ImageRecord, options?: OpenOptions): Promise<OpenedImage>
+  /** An image id or name. Unknown → UsageError IMAGE_NOT_FOUND; ambiguous name → IMAGE_AMBIGUOUS. */
+  resolve(ref: string): Promise<ImageRecord>
+}
