@@ -47,6 +47,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected flags!: BaseFlags<T>
   /** Aborted on the first Ctrl-C (SIGINT) or SIGTERM; work stops, temporaries are removed, locks released. */
   protected readonly interrupt = new AbortController()
+  /** Every positional argument (for commands that take a variable number). */
+  protected positional: string[] = []
   private readonly onSignal = (signal: NodeJS.Signals) => {
     if (this.interrupt.signal.aborted) {
       this.logToStderr(`imgcache: ${signal} received again: still removing temporaries and releasing locks`)
@@ -109,7 +111,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   public override async init(): Promise<void> {
     await super.init()
-    const {args, flags} = await this.parse({
+    const {args, argv, flags} = await this.parse({
       args: this.ctor.args,
       baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
       enableJsonFlag: this.ctor.enableJsonFlag,
@@ -118,6 +120,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     })
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
+    this.positional = argv.map(String)
     this.config_ = await loadConfig({path: this.flags.config})
     process.on('SIGINT', this.onSignal)
     process.on('SIGTERM', this.onSignal)

@@ -65,3 +65,32 @@ export const lockTimeoutFlag = durationFlag({
   description: 'How long to wait for a cache file locked by nova-compute or another imgcache before giving up on it.',
   helpGroup: 'CACHE LOCATION',
 })
+
+/** How images are fetched, shared by populate, precache and overlay. */
+export const fetchFlags = {
+  'allow-unverified': Flags.boolean({
+    description: 'Accept an image whose source declares no checksum (its download is then not verified).',
+    helpGroup: 'FETCH',
+  }),
+  checksum: Flags.string({
+    description: 'Checksum of an http(s) URL or file image, as ALGO:HEX (md5, sha1, sha256, sha384, sha512).',
+    helpGroup: 'FETCH',
+  }),
+  'disk-format': Flags.string({
+    description: 'Declared disk format of an http(s) URL or file image (the bytes must match it).',
+    helpGroup: 'FETCH',
+  }),
+  force: Flags.boolean({
+    description: 'Fetch again even when a sound copy is cached (it is replaced only once the new one is verified).',
+    helpGroup: 'FETCH',
+  }),
+  'image-id': Flags.string({
+    description: 'The Glance image id to cache an http(s) URL or file under (Nova names the cache file by it).',
+    helpGroup: 'FETCH',
+  }),
+  'lock-timeout': durationFlag({
+    default: 900,
+    description: 'How long to wait for nova-compute or another imgcache fetching the same image.',
+    helpGroup: 'FETCH',
+  }),
+}

@@ -1,6 +1,5 @@
-import type {Dirent, Stats} from 'node:fs'
-
-import {lstat, open, readdir, readFile, readlink, stat, statfs} from 'node:fs/promises'
+import {close, type Dirent, fstat, open, read, readFile, type Stats} from 'node:fs'
+import {lstat, readdir, readlink, stat, statfs} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
@@ -52,16 +51,54 @@ export async function statEntry(dir: string, name: string): Promise<EntryStat> {
   return entry
 }
 
-async function readHead(path: string, bytes: number): Promise<{head: Buffer; size: number}> {
-  const handle = await open(path, 'r')
-  try {
-    const {size} = await handle.stat()
-    const buffer = Buffer.alloc(Math.min(bytes, size))
-    const {bytesRead} = buffer.length > 0 ? await handle.read(buffer, 0, buffer.length, 0) : {bytesRead: 0}
-    return {head: buffer.subarray(0, bytesRead), size}
-  } finally {
-    await handle.close()
-  }
+/*
+ * Files are read with the callback API, not fs/promises: a FileHandle and a promise per call made
+ * reading thousands of disk headers about twice as slow (bench/inspect.bench.ts).
+ */
+
+/** The first `bytes` bytes of a file and its size. */
+function readHead(path: string, bytes: number): Promise<{head: Buffer; size: number}> {
+  return new Promise((resolve, reject) => {
+    open(path, 'r', (openError, fd) => {
+      if (openError) {
+        reject(openError)
+        return
+      }
+
+      // As a try/finally would: the descriptor is always closed, and a close error wins.
+      const finish = (error: Error | null, result?: {head: Buffer; size: number}) => {
+        close(fd, (closeError) => {
+          const failure = closeError ?? error
+          if (failure) reject(failure)
+          else resolve(result!)
+        })
+      }
+
+      fstat(fd, (statError, stats) => {
+        if (statError) {
+          finish(statError)
+          return
+        }
+
+        const buffer = Buffer.alloc(Math.min(bytes, stats.size))
+        if (buffer.length === 0) {
+          finish(null, {head: buffer, size: stats.size})
+          return
+        }
+
+        read(fd, buffer, 0, buffer.length, 0, (readError, bytesRead) =>
+          finish(readError, {head: buffer.subarray(0, bytesRead), size: stats.size}),
+        )
+      })
+    })
+  })
+}
+
+/** A small text file, or undefined when it cannot be read. */
+function readText(path: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    readFile(path, 'utf8', (error, text) => resolve(error ? undefined : text))
+  })
 }
 
 async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
@@ -94,9 +131,9 @@ async function scanInstanceDir(instancesPath: string, name: string, headBytes: n
     files.map(async (d) => {
       const path = join(dir, d.name)
       if (d.name === 'libvirt.xml') {
-        result.libvirtXml = await readFile(path, 'utf8').catch(() => undefined)
+        result.libvirtXml = await readText(path)
       } else if (d.name === 'disk.info') {
-        result.diskInfo = await readFile(path, 'utf8').catch(() => undefined)
+        result.diskInfo = await readText(path)
       } else if (isDiskName(d.name)) {
         const disk: DiskHead = {name: d.name}
         try {
@@ -199,7 +236,7 @@ async function scanCacheDir(request: ScanRequest, scan: CacheScan, _cacheName: s
     sidecars
       .filter((n) => n.endsWith('.json'))
       .map(async (n) => {
-        const text = await readFile(join(sidecarDir, n), 'utf8').catch(() => undefined)
+        const text = await readText(join(sidecarDir, n))
         if (text !== undefined) scan.sidecars[n.slice(0, -5)] = text
       }),
   )
@@ -223,7 +260,7 @@ async function scanDomainXml(request: ScanRequest, scan: CacheScan): Promise<voi
         .filter((n) => n.endsWith('.xml'))
         .sort()
         .map(async (n) => {
-          const text = await readFile(join(dir, n), 'utf8').catch(() => undefined)
+          const text = await readText(join(dir, n))
           if (text !== undefined) scan.domainXml.push({path: join(dir, n), text})
         }),
     )

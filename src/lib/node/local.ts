@@ -1,7 +1,7 @@
 import type {Readable} from 'node:stream'
 
 import {execa} from 'execa'
-import {createReadStream} from 'node:fs'
+import {createReadStream, createWriteStream} from 'node:fs'
 import {lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 
@@ -66,39 +66,33 @@ export class LocalNode implements Node {
   }
 
   async openWrite(path: string, options: WriteFileOptions = {}): Promise<NodeFileSink> {
-    let handle
-    try {
-      handle = await open(path, options.append ? 'a' : 'w', options.mode ?? 0o644)
-    } catch (error) {
-      throw fromErrno(error, 'cannot write', path, {node: this.name})
-    }
-
-    const fh = handle
-    const stream = fh.createWriteStream({autoClose: false, emitClose: true})
-    let closed = false
-    const closeHandle = async () => {
-      if (closed) return
-      closed = true
-      await fh.close().catch(() => {})
-    }
-
+    // `flush`: the stream fsyncs the file before it closes, so "closed" means "on disk".
+    const stream = createWriteStream(path, {
+      flags: options.append ? 'a' : 'w',
+      flush: true,
+      highWaterMark: 1024 * 1024,
+      mode: options.mode ?? 0o644,
+    })
+    await new Promise<void>((resolve, reject) => {
+      stream.once('open', () => resolve())
+      stream.once('error', (error) => reject(fromErrno(error, 'cannot write', path, {node: this.name})))
+    })
+    const closed = new Promise<void>((resolve, reject) => {
+      stream.once('close', () => resolve())
+      stream.once('error', reject)
+    })
+    closed.catch(() => undefined)
     return {
       abort() {
         stream.destroy()
-        closeHandle().catch(() => {})
       },
-      async finish() {
-        await new Promise<void>((resolve, reject) => {
-          stream.once('error', reject)
-          stream.end(() => resolve())
-        })
+      finish: async () => {
+        if (!stream.writableEnded) stream.end()
         try {
-          await fh.sync()
-          return (await fh.stat()).size
+          await closed
+          return (await stat(path)).size
         } catch (error) {
-          throw fromErrno(error, 'cannot flush', path)
-        } finally {
-          await closeHandle()
+          throw fromErrno(error, 'cannot write', path, {node: this.name})
         }
       },
       stream,
@@ -165,6 +159,13 @@ export class LocalNode implements Node {
     } catch (error) {
       throw fromErrno(error, `cannot rename ${from} to`, to, {node: this.name})
     }
+
+    // The rename itself must survive a crash: fsync the directory that holds the new name.
+    const dir = await open(dirname(to), 'r').catch(() => undefined)
+    if (dir) {
+      await dir.sync().catch(() => undefined)
+      await dir.close()
+    }
   }
 
   async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {
@@ -218,6 +219,29 @@ export class LocalNode implements Node {
       return await fsUsage(path)
     } catch (error) {
       throw fromErrno(error, 'cannot stat the file system of', path, {node: this.name})
+    }
+  }
+
+  async supportsDirectIo(dir: string): Promise<boolean> {
+    // Nova's probe (nova/privsep/utils.py supports_direct_io): write one aligned block with O_DIRECT.
+    const probe = join(dir, `.directio.test.imgcache.${process.pid}`)
+    const result = await this.run(['dd', 'if=/dev/zero', `of=${probe}`, 'bs=4096', 'count=1', 'oflag=direct'], {
+      reject: false,
+    })
+    await unlink(probe).catch(() => undefined)
+    return result.exitCode === 0
+  }
+
+  async syncFile(path: string): Promise<void> {
+    try {
+      const handle = await open(path, 'r')
+      try {
+        await handle.sync()
+      } finally {
+        await handle.close()
+      }
+    } catch (error) {
+      throw fromErrno(error, 'cannot flush', path, {node: this.name})
     }
   }
 

@@ -155,6 +155,7 @@ export interface Node {
   readTextFile(path: string): Promise<string | undefined>
   /** Remove one file or symlink (never a directory, never recursively, never following a symlink). */
   remove(path: string, options?: RemoveOptions): Promise<RemoveOutcome>
+  /** Rename atomically and make the rename durable (fsync of the directory). */
   rename(from: string, to: string): Promise<void>
   /** Run an argv (no shell) on the node. */
   run(argv: string[], options?: RunOptions): Promise<RunResult>
@@ -162,6 +163,10 @@ export interface Node {
   /** lstat one path; undefined when it does not exist. */
   stat(path: string): Promise<EntryStat | undefined>
   statfs(path: string): Promise<FsUsage>
+  /** Whether files in `dir` can be opened with O_DIRECT (qemu-img convert -t none), as Nova probes. */
+  supportsDirectIo(dir: string): Promise<boolean>
+  /** fsync one file. */
+  syncFile(path: string): Promise<void>
   /** Set atime and mtime to now (the node's clock) on each path, as Nova's touch does. */
   touch(paths: string[]): Promise<void>
   /** Write a small file atomically (temp + fsync + rename). */

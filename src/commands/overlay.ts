@@ -1,0 +1,98 @@
+import {Args, Flags} from '@oclif/core'
+import {resolve} from 'node:path'
+
+import {BaseCommand, withExitCodes} from '../base-command.js'
+import {cacheFlags, fetchFlags} from '../flags.js'
+import {resolveCacheSettings} from '../lib/config/settings.js'
+import {parseSize} from '../lib/duration.js'
+import {UsageError} from '../lib/errors.js'
+import {forEachNode} from '../lib/fleet.js'
+import {resolveImages} from '../lib/images.js'
+import {selectNodes} from '../lib/nodes.js'
+import {createOverlay, type OverlayResult} from '../lib/overlay.js'
+
+export default class Overlay extends BaseCommand<typeof Overlay> {
+  // Positional order: IMAGE then DEST.
+  /* eslint-disable perfectionist/sort-objects */
+  static override args = {
+    image: Args.string({
+      description: 'Glance image id or name, config image alias, http(s) URL, or local file.',
+      required: true,
+    }),
+    dest: Args.string({
+      description: 'Path of the qcow2 overlay to create (absolute on a remote node).',
+      required: true,
+    }),
+  }
+  /* eslint-enable perfectionist/sort-objects */
+  static override description = withExitCodes(
+    `Creates a copy-on-write qcow2 disk backed by the cached base of IMAGE, the way Nova builds an instance's root disk: the base is populated first if needed, checked again with Nova's safety checks, touched, then under its lock nova-<sha1>: qemu-img create -f qcow2 -o backing_file=<absolute base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE].
+
+overlay never overwrites DEST and never makes a disk smaller than the image.`,
+  )
+  static override examples = [
+    {
+      command: '<%= config.bin %> <%= command.id %> cirros /var/lib/nova/instances/test-1/disk --size 1G',
+      description: 'A 1 GiB root disk over the cirros base.',
+    },
+  ]
+  static override flags = {
+    ...cacheFlags,
+    ...fetchFlags,
+    node: Flags.string({
+      char: 'n',
+      description: 'The node to create it on: a config name, "local", or ssh://user@host:port.',
+      helpGroup: 'NODE SELECTION',
+    }),
+    size: Flags.string({description: "Virtual size (bytes, or 512M, 20G); default: the image's."}),
+  }
+  static override summary = 'Create a qcow2 overlay backed by a cached base, as Nova builds an instance disk.'
+
+  async run(): Promise<OverlayResult> {
+    const {config} = this.config_
+    const size = this.flags.size === undefined ? undefined : parseSize(this.flags.size)
+    if (this.flags.size !== undefined && (size === undefined || size <= 0)) {
+      throw new UsageError('SIZE_INVALID', `--size ${JSON.stringify(this.flags.size)} is not a size`, {
+        field: '--size',
+        suggestions: ['Write it as bytes or with a unit: 1073741824, 20G, 512M.'],
+      })
+    }
+
+    const specs = selectNodes(config, {nodes: this.flags.node ? [this.flags.node] : undefined})
+    const dest = specs[0]?.kind === 'local' ? resolve(this.args.dest) : this.args.dest
+    const [image] = await resolveImages([this.args.image], {
+      config,
+      cwd: process.cwd(),
+      env: process.env,
+      flags: {checksum: this.flags.checksum, diskFormat: this.flags['disk-format'], imageId: this.flags['image-id']},
+    })
+    const [outcome] = await forEachNode(
+      specs,
+      {concurrency: 1, config, signal: this.interrupt.signal},
+      async (node, spec) => {
+        const settings = await resolveCacheSettings(node, config, spec.config, {
+          cacheDir: this.flags['cache-dir'],
+          instancesPath: this.flags['instances-path'],
+          novaConf: this.flags['nova-conf'],
+        })
+        return createOverlay(node, settings, image!, dest, {
+          allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
+          force: this.flags.force,
+          lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
+          signal: this.interrupt.signal,
+          size,
+        })
+      },
+    )
+    if (!outcome) throw new UsageError('NO_NODE', 'no node selected')
+    if (!outcome.ok) throw outcome.error
+    const {base, overlay} = outcome.value
+    if (!this.jsonEnabled()) {
+      this.log(
+        `${overlay.path}: qcow2 over ${overlay.backingFile} (${overlay.backingFormat}${overlay.clusterSize ? `, cluster ${overlay.clusterSize}` : ''}); base ${base.status}`,
+      )
+    }
+
+    return outcome.value
+  }
+}

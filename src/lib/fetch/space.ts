@@ -1,0 +1,28 @@
+import type {Node} from '../node/types.js'
+
+import {formatBytes} from '../duration.js'
+import {ImgcacheError} from '../errors.js'
+
+/** Room kept free beyond what a write needs: 64 MiB plus 1 % of it. */
+export function spaceMargin(bytes: number): number {
+  return 64 * 1024 * 1024 + Math.ceil(bytes * 0.01)
+}
+
+/** Fail before writing when the cache dir's file system cannot take `bytes` more (plus the margin). */
+export async function ensureSpace(node: Node, dir: string, bytes: number, label: string): Promise<void> {
+  const usage = await node.statfs(dir)
+  const needed = bytes + spaceMargin(bytes)
+  if (usage.available < needed) {
+    throw new ImgcacheError(
+      'NO_SPACE',
+      `not enough space for image ${label} on ${node.description}: it needs ${formatBytes(needed)} in ${dir}, ${formatBytes(usage.available)} are free`,
+      {
+        node: node.name,
+        path: dir,
+        suggestions: [
+          'Free space there first: imgcache prune --dry-run shows what can go; or put the cache on a larger file system.',
+        ],
+      },
+    )
+  }
+}

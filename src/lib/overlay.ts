@@ -1,0 +1,144 @@
+import {posix} from 'node:path'
+
+import type {CacheSettings} from './config/settings.js'
+import type {FetchOptions, FetchResult} from './fetch/pipeline.js'
+import type {ResolvedImage} from './images.js'
+import type {Node} from './node/types.js'
+
+import {formatBytes} from './duration.js'
+import {SafetyError, UsageError} from './errors.js'
+import {entryPaths, fetchIntoCache} from './fetch/pipeline.js'
+import {inspectionError, inspectSource, qemuFormatName, verdictError} from './formats/index.js'
+import {checkQemuAgrees, parseQemuInfo, qemuCreateOverlayArgv, qemuError, qemuInfoArgv} from './qemu/index.js'
+
+export interface OverlayResult {
+  base: FetchResult
+  overlay: {backingFile: string; backingFormat: string; clusterSize?: number; path: string; virtualSize?: number}
+}
+
+/**
+ * Nova's qcow2 instance disk (reference §3.4): the base is populated if needed and safety-checked
+ * again (checks may be newer than the download), touched, its virtual size checked against the
+ * requested size, then under the base's lock `qemu-img create -f qcow2 -o backing_file=<abs base>,
+ * backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE]`. DEST is never overwritten.
+ */
+export async function createOverlay(
+  node: Node,
+  settings: CacheSettings,
+  image: ResolvedImage,
+  dest: string,
+  options: FetchOptions & {size?: number},
+): Promise<OverlayResult> {
+  if (!posix.isAbsolute(dest)) {
+    throw new UsageError(
+      'DEST_RELATIVE',
+      `the overlay path must be absolute on ${node.description}, got ${JSON.stringify(dest)}`,
+      {
+        field: 'DEST',
+        node: node.name,
+      },
+    )
+  }
+
+  await assertFree(node, dest)
+  const parent = await node.stat(posix.dirname(dest))
+  if (parent?.type !== 'dir' && !(parent?.type === 'symlink' && parent.targetType === 'dir')) {
+    throw new UsageError('DEST_DIR_MISSING', `the directory of ${dest} does not exist on ${node.description}`, {
+      field: 'DEST',
+      node: node.name,
+      path: posix.dirname(dest),
+      suggestions: ['Create the instance directory first, or give another path.'],
+    })
+  }
+
+  const base = await fetchIntoCache({image: image.record, node, settings, source: image.source}, options)
+  const paths = entryPaths(settings, image.record.id)
+  const label = image.record.name ?? image.record.id
+
+  // The base is checked again before use: safety checks may have been added since it was cached.
+  const entry = await node.stat(paths.final)
+  const inspection = await inspectSource(
+    async (offset, length) => (await node.readRanges([{length, offset, path: paths.final}]))[0] ?? Buffer.alloc(0),
+    entry?.size ?? 0,
+    {vmdkAllowedTypes: settings.vmdkAllowedTypes},
+  )
+  const unsafe = inspectionError(inspection, image.record.id)
+  if (unsafe)
+    throw new SafetyError('BASE_UNSAFE', `base ${paths.final} failed the safety check: ${unsafe.message}`, {
+      image: image.record.id,
+      node: node.name,
+      suggestions: unsafe.suggestions,
+    })
+  const infoArgv = qemuInfoArgv(paths.final)
+  const infoResult = await node.run(infoArgv, {reject: false, timeoutMs: 120_000})
+  if (infoResult.exitCode !== 0)
+    throw qemuError(infoArgv, infoResult, {image: image.record.id, node: node.name, path: paths.final})
+  const info = parseQemuInfo(infoResult.stdout)
+  const refusal = verdictError(
+    checkQemuAgrees(qemuFormatName(inspection.format), info, {vmdkAllowedTypes: settings.vmdkAllowedTypes}),
+    image.record.id,
+  )
+  if (refusal)
+    throw new SafetyError('BASE_UNSAFE', `base ${paths.final} failed the safety check: ${refusal.message}`, {
+      image: image.record.id,
+      node: node.name,
+    })
+
+  if (options.size !== undefined && options.size > 0 && options.size < info.virtualSize) {
+    throw new UsageError(
+      'OVERLAY_TOO_SMALL',
+      `--size ${formatBytes(options.size)} is smaller than image ${label}'s virtual size ${formatBytes(info.virtualSize)} (${info.virtualSize} bytes)`,
+      {
+        field: '--size',
+        image: image.record.id,
+        suggestions: [`Give at least ${info.virtualSize} bytes, or leave --size out to use the image's size.`],
+      },
+    )
+  }
+
+  await node.touch([paths.final])
+  const lock = await node.lock(paths.lock, {signal: options.signal, timeoutMs: options.lockTimeoutMs})
+  try {
+    await assertFree(node, dest)
+    const argv = qemuCreateOverlayArgv({
+      backingFile: paths.final,
+      backingFormat: info.format ?? 'raw',
+      clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
+      path: dest,
+      size: options.size !== undefined && options.size > 0 ? options.size : undefined,
+    })
+    const result = await node.run(argv, {reject: false, timeoutMs: 120_000})
+    if (result.exitCode !== 0) {
+      await node.remove(dest).catch(() => 'missing')
+      throw qemuError(argv, result, {image: image.record.id, node: node.name, path: dest})
+    }
+  } finally {
+    await lock.release().catch(() => undefined)
+  }
+
+  return {
+    base,
+    overlay: {
+      backingFile: paths.final,
+      backingFormat: info.format ?? 'raw',
+      clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
+      path: dest,
+      virtualSize: options.size !== undefined && options.size > 0 ? options.size : info.virtualSize,
+    },
+  }
+}
+
+async function assertFree(node: Node, dest: string): Promise<void> {
+  if (await node.stat(dest)) {
+    throw new UsageError(
+      'DEST_EXISTS',
+      `${dest} already exists on ${node.description}; imgcache never overwrites a disk`,
+      {
+        field: 'DEST',
+        node: node.name,
+        path: dest,
+        suggestions: ['Remove it first if it is really unused, or choose another path.'],
+      },
+    )
+  }
+}

@@ -1,0 +1,77 @@
+import type {ItemResult} from '../populate.js'
+
+import {formatBytes, formatDuration} from '../duration.js'
+import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
+import {renderTable} from './table.js'
+
+export interface ItemTotals {
+  cached: number
+  errors: number
+  existing: number
+  /** Nodes that could not be reached (each counts once, as in Nova's log line). */
+  skippedHosts: number
+}
+
+export function totalsOf(items: ItemResult[]): ItemTotals {
+  return {
+    cached: items.filter((i) => i.status === 'cached').length,
+    errors: items.filter((i) => i.status === 'error').length,
+    existing: items.filter((i) => i.status === 'existing').length,
+    skippedHosts: new Set(items.filter((i) => i.status === 'skipped').map((i) => i.node)).size,
+  }
+}
+
+/** Nova's closing line, in its words: "N cached, N existing, N errors, N skipped hosts". */
+export function totalsLine(t: ItemTotals): string {
+  return `${t.cached} cached, ${t.existing} existing, ${t.errors} error${t.errors === 1 ? '' : 's'}, ${t.skippedHosts} skipped host${t.skippedHosts === 1 ? '' : 's'}`
+}
+
+/**
+ * Exit code of a run over (node, image) pairs: 0 all good; 3 some failed; when none succeeded,
+ * the failures' own code if they agree (4: every one refused for safety), else 1. Interrupted: 130
+ * when nothing finished, 3 otherwise.
+ */
+export function itemsExit(items: ItemResult[], interrupted: boolean): ExitCodeValue {
+  const ok = items.filter((i) => i.status === 'cached' || i.status === 'existing').length
+  const failed = items.length - ok
+  if (interrupted) return ok > 0 ? ExitCode.Partial : ExitCode.Interrupted
+  if (failed === 0) return ExitCode.Ok
+  if (ok > 0) return ExitCode.Partial
+  const codes = new Set(items.map((i) => i.exitCode ?? ExitCode.Failed))
+  if (codes.size === 1) {
+    const only = [...codes][0]
+    if (only === ExitCode.Refused || only === ExitCode.Usage) return only
+  }
+
+  return ExitCode.Failed
+}
+
+function label(item: ItemResult): string {
+  return item.image.name ?? item.image.ref
+}
+
+/** The per-node, per-image report table, then what to do about each failure. */
+export function formatItems(items: ItemResult[]): string {
+  const rows = items.map((i) => [
+    i.node,
+    label(i),
+    i.status,
+    i.bytes === undefined ? '-' : formatBytes(i.bytes),
+    i.durationMs === undefined ? '-' : formatDuration(i.durationMs / 1000),
+    i.status === 'error' || i.status === 'skipped'
+      ? (i.message ?? '')
+      : [i.converted ? 'converted to raw' : '', i.resumedFrom ? `resumed at ${formatBytes(i.resumedFrom)}` : '']
+          .filter(Boolean)
+          .join(', '),
+  ])
+  const lines = [renderTable(['NODE', 'IMAGE', 'STATUS', 'SIZE', 'TIME', 'DETAIL'], rows), totalsLine(totalsOf(items))]
+  const steps = new Map<string, string[]>()
+  for (const i of items) {
+    if (!i.nextStep) continue
+    steps.set(i.nextStep, [...(steps.get(i.nextStep) ?? []), `${i.node}/${label(i)}`])
+  }
+
+  for (const [step, where] of steps)
+    lines.push(`→ ${step} (${where.slice(0, 5).join(', ')}${where.length > 5 ? `, +${where.length - 5}` : ''})`)
+  return lines.join('\n')
+}
