@@ -30,7 +30,5 @@ export const exitCodeTable: ReadonlyArray<{code: ExitCodeValue; meaning: string}
 
 /** The EXIT CODES section appended to every command's description. */
 export function exitCodeHelp(): string {
-  return ['EXIT CODES', ...exitCodeTable.map(({code, meaning}) => `  ${String(code).padStart(3)}  ${meaning}`)].join(
-    '\n',
-  )
+  return ['EXIT CODES', ...exitCodeTable.map(({code, meaning}) => `${String(code).padEnd(5)}${meaning}`)].join('\n')
 }

@@ -38,10 +38,17 @@ function pruneColumn(entry: InspectEntry, now: number): string {
   }
 }
 
+/** An instance as a table cell: its domain name when known, else a shortened directory (uuid) name. */
+function shortUser(label: string): string {
+  const named = /\(([^)]+)\)$/.exec(label)
+  if (named) return named[1] as string
+  return /^[\da-f]{8}-[\da-f-]{27}$/i.test(label) ? `${label.slice(0, 8)}…` : label
+}
+
 function usersColumn(users: string[]): string {
   if (users.length === 0) return '-'
-  if (users.length <= 2) return users.join(', ')
-  return `${users.slice(0, 2).join(', ')} +${users.length - 2}`
+  const shown = users.slice(0, 2).map((u) => shortUser(u))
+  return users.length <= 2 ? shown.join(', ') : `${shown.join(', ')} +${users.length - 2}`
 }
 
 /** Human view of `imgcache inspect`: a table per node, totals, and what needs attention. */
