@@ -3,6 +3,7 @@ import type {Node} from './node/types.js'
 
 import {UsageError} from './errors.js'
 import {LocalNode} from './node/local.js'
+import {SshNodeFactory} from './node/ssh-factory.js'
 
 /** A node chosen on the command line, before it is connected. */
 export interface NodeSpec {
@@ -97,20 +98,8 @@ export function selectNodes(config: ImgcacheConfig, selection: {aggregate?: stri
   return specs
 }
 
-export type SshNodeFactory = (spec: NodeSpec, config: ImgcacheConfig) => Node
-
 /** Connect-free construction of a node; SSH nodes connect on first use. */
-export function createNode(spec: NodeSpec, config: ImgcacheConfig, ssh?: SshNodeFactory): Node {
+export function createNode(spec: NodeSpec, ssh: SshNodeFactory): Node {
   if (spec.kind === 'local') return new LocalNode(spec.name)
-  if (!ssh) {
-    throw new UsageError(
-      'SSH_UNAVAILABLE',
-      `node ${spec.name} is reached over SSH, which this command does not support yet`,
-      {
-        node: spec.name,
-      },
-    )
-  }
-
-  return ssh(spec, config)
+  return ssh.create(spec.name, spec.config ?? {})
 }

@@ -1,5 +1,5 @@
 import {close, type Dirent, fstat, open, read, readFile, type Stats} from 'node:fs'
-import {lstat, readdir, readlink, stat, statfs} from 'node:fs/promises'
+import {lstat, opendir, readdir, readlink, stat, statfs} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
@@ -204,10 +204,20 @@ export async function scanLocal(request: ScanRequest): Promise<CacheScan> {
   return scan
 }
 
+/**
+ * Names in directory order, as `os.listdir` gives them (readdir(3) order). fs.readdir sorts them
+ * (libuv's scandir), and Nova's decisions depend on the order it walks the cache dir in.
+ */
+async function listInDirectoryOrder(dir: string): Promise<string[]> {
+  const names: string[] = []
+  for await (const entry of await opendir(dir, {bufferSize: 256})) names.push(entry.name)
+  return names
+}
+
 async function scanCacheDir(request: ScanRequest, scan: CacheScan, _cacheName: string): Promise<void> {
   let names: string[]
   try {
-    names = await readdir(request.cacheDir)
+    names = await listInDirectoryOrder(request.cacheDir)
   } catch (error) {
     const code = errnoCode(error)
     scan.cacheDir = {entries: [], error: code === 'ENOENT' ? undefined : message(error), errorCode: code, exists: false}

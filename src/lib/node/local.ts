@@ -23,9 +23,9 @@ import type {
 } from './types.js'
 
 import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError} from '../errors.js'
+import {AgentClient} from './agent-client.js'
+import {AGENT_PY} from './agent-py.js'
 import {fsUsage, scanLocal, statEntry} from './local-scan.js'
-import {LockClient} from './lock-client.js'
-import {LOCK_HELPER_PY} from './lock-helper.js'
 
 /** Programs run with a fixed locale so their messages can be parsed (as Nova does for qemu-img). */
 const FIXED_LOCALE = {LANG: 'C', LC_ALL: 'C'}
@@ -34,7 +34,7 @@ const FIXED_LOCALE = {LANG: 'C', LC_ALL: 'C'}
 export class LocalNode implements Node {
   readonly description = 'local'
   readonly isLocal = true
-  private lockClient?: LockClient
+  private lockClient?: AgentClient
 
   constructor(readonly name = 'local') {}
 
@@ -275,9 +275,10 @@ export class LocalNode implements Node {
     }
   }
 
-  private startLockHelper(): LockClient {
-    const child = execa('python3', ['-c', LOCK_HELPER_PY], {buffer: false, reject: false, stdin: 'pipe'})
-    return new LockClient(
+  /** Locks are held by the same python3 agent SSH nodes run (only its lock operations are used here). */
+  private startLockHelper(): AgentClient {
+    const child = execa('python3', ['-c', AGENT_PY], {buffer: false, reject: false, stdin: 'pipe'})
+    return new AgentClient(
       {
         exited: child,
         kill: () => child.kill('SIGKILL'),
@@ -286,6 +287,15 @@ export class LocalNode implements Node {
         stdout: child.stdout,
       },
       this.name,
+      (stderr) =>
+        new ImgcacheError(
+          'LOCK_HELPER_EXITED',
+          `the lock helper of ${this.name} ended${stderr.trim() ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`,
+          {
+            node: this.name,
+            suggestions: ['imgcache needs python3 for nova-compatible locks.'],
+          },
+        ),
     )
   }
 }

@@ -4,10 +4,10 @@ import {createInterface} from 'node:readline'
 
 import type {LockHandle, LockOptions} from './types.js'
 
-import {ImgcacheError} from '../errors.js'
+import {fromErrno, ImgcacheError} from '../errors.js'
 
-/** The running helper: its pipes and a way to learn that it ended. */
-export interface HelperProcess {
+/** The running agent (agent-py.ts): its pipes and a way to learn that it ended. */
+export interface AgentProcess {
   readonly exited: Promise<unknown>
   kill(): void
   readonly stderr?: Readable
@@ -16,20 +16,26 @@ export interface HelperProcess {
 }
 
 interface Reply {
+  errno?: string
   error?: string
   id?: number
   message?: string
   ok?: boolean
   ready?: boolean
+  result?: unknown
 }
 
+/** Builds the error for an agent that is gone (connection lost, python3 missing, killed). */
+export type GoneError = (stderr: string) => ImgcacheError
+
 /**
- * Talks to one lock helper (see lock-helper.ts). Also the in-process half of the lock: POSIX locks
- * never conflict inside one process, and closing any descriptor of a locked file drops the lock, so
- * two tasks of this process that want the same file queue here rather than in the helper.
+ * Talks to one agent. Also the in-process half of the lock: POSIX locks never conflict inside one
+ * process, and closing any descriptor of a locked file drops the lock, so two tasks of this process
+ * that want the same file queue here rather than in the agent.
  */
-export class LockClient {
+export class AgentClient {
   private closed = false
+  private gone?: ImgcacheError
   private readonly held = new Map<string, Promise<void>>()
   private nextId = 1
   private readonly ready: Promise<void>
@@ -37,8 +43,9 @@ export class LockClient {
   private stderrText = ''
 
   constructor(
-    private readonly helper: HelperProcess,
+    private readonly agent: AgentProcess,
     private readonly nodeName: string,
+    private readonly goneError: GoneError,
   ) {
     let resolveReady!: () => void
     let rejectReady!: (error: Error) => void
@@ -46,12 +53,12 @@ export class LockClient {
       resolveReady = resolve
       rejectReady = reject
     })
-    // Observed by lock(); keep an early failure from being an unhandled rejection.
-    this.ready.catch(() => {})
-    helper.stderr?.on('data', (chunk: Buffer) => {
-      this.stderrText = (this.stderrText + chunk.toString('utf8')).slice(-2000)
+    // Observed by every request; keep an early failure from being an unhandled rejection.
+    this.ready.catch(() => undefined)
+    agent.stderr?.on('data', (chunk: Buffer) => {
+      this.stderrText = (this.stderrText + chunk.toString('utf8')).slice(-4000)
     })
-    const lines = createInterface({crlfDelay: Infinity, input: helper.stdout})
+    const lines = createInterface({crlfDelay: Infinity, input: agent.stdout})
     lines.on('line', (line) => {
       let reply: Reply
       try {
@@ -63,18 +70,23 @@ export class LockClient {
       if (reply.ready) resolveReady()
       else if (reply.id !== undefined) this.replies.get(reply.id)?.(reply)
     })
-    helper.exited.then(
-      () => this.onExit(rejectReady),
-      () => this.onExit(rejectReady),
-    )
+    const onExit = () => {
+      this.gone = this.goneError(this.stderrText)
+      rejectReady(this.gone)
+      for (const [, resolve] of this.replies) resolve({error: 'gone', ok: false})
+      this.replies.clear()
+    }
+
+    agent.exited.then(onExit, onExit)
   }
 
+  /** Ends the agent: its stdin closes, it exits, every lock it holds is released. */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    this.helper.stdin.end()
-    const timer = setTimeout(() => this.helper.kill(), 5000)
-    await this.helper.exited.catch(() => {})
+    this.agent.stdin.end()
+    const timer = setTimeout(() => this.agent.kill(), 5000)
+    await this.agent.exited.catch(() => undefined)
     clearTimeout(timer)
   }
 
@@ -95,19 +107,16 @@ export class LockClient {
       }),
     )
     try {
-      await this.ready
-      const reply = await this.request(
+      const reply = await this.send(
         {op: 'lock', path, timeout: Math.max(0, deadline - Date.now()) / 1000},
         options.signal,
       )
       if (!reply.ok) {
         if (reply.error === 'busy') throw busy(path, this.nodeName, options.timeoutMs)
         if (reply.error === 'cancelled') throw options.signal?.reason ?? new Error('lock wait cancelled')
-        throw new ImgcacheError('LOCK_FAILED', `cannot take the lock ${path}: ${reply.message ?? reply.error}`, {
-          node: this.nodeName,
-          path,
-          suggestions: ['Check that the locks directory exists and is writable by this user.'],
-        })
+        throw this.failure(reply, `cannot take the lock ${path}`, path, [
+          'Check that the locks directory exists and is writable by this user.',
+        ])
       }
     } catch (error) {
       this.held.delete(path)
@@ -122,7 +131,7 @@ export class LockClient {
         if (released) return
         released = true
         try {
-          if (!this.closed) await this.request({op: 'unlock', path})
+          if (!this.closed && !this.gone) await this.send({op: 'unlock', path})
         } finally {
           this.held.delete(path)
           release()
@@ -131,23 +140,39 @@ export class LockClient {
     }
   }
 
-  private onExit(rejectReady: (error: Error) => void) {
-    const error = new ImgcacheError(
-      'LOCK_HELPER_EXITED',
-      `the lock helper on ${this.nodeName} ended${this.stderrText.trim() ? `: ${this.stderrText.trim().split('\n').slice(-3).join(' ')}` : ''}`,
-      {node: this.nodeName, suggestions: ['imgcache needs python3 on every node for nova-compatible locks.']},
-    )
-    rejectReady(error)
-    for (const [, resolve] of this.replies) resolve({error: 'exited', message: error.message, ok: false})
-    this.replies.clear()
+  /** One operation of the agent (scan, stat, remove, ...); its OS errors come back as sentences. */
+  async request<T>(op: string, body: Record<string, unknown>, what: string, path: string): Promise<T> {
+    const reply = await this.send({...body, op})
+    if (!reply.ok) throw this.failure(reply, what, path)
+    return reply.result as T
   }
 
-  private request(body: Record<string, unknown>, signal?: AbortSignal): Promise<Reply> {
-    if (this.closed) return Promise.resolve({error: 'exited', message: 'lock helper closed', ok: false})
+  private failure(reply: Reply, what: string, path: string, suggestions: string[] = []): ImgcacheError {
+    if (reply.error === 'gone') return this.gone ?? this.goneError(this.stderrText)
+    if (reply.error === 'os' && reply.errno) {
+      const cause = Object.assign(new Error(reply.message ?? reply.errno), {code: reply.errno})
+      return fromErrno(cause, what, path, {node: this.nodeName, suggestions})
+    }
+
+    return new ImgcacheError(
+      'AGENT_FAILED',
+      `${what} ${path} on ${this.nodeName}: ${reply.message ?? reply.error ?? 'failed'}`,
+      {
+        node: this.nodeName,
+        path,
+        suggestions,
+      },
+    )
+  }
+
+  private async send(body: Record<string, unknown>, signal?: AbortSignal): Promise<Reply> {
+    await this.ready
+    if (this.gone) throw this.gone
+    if (this.closed) return {error: 'gone', ok: false}
     const id = this.nextId++
     return new Promise<Reply>((resolve) => {
       const onAbort = () => {
-        this.helper.stdin.write(`${JSON.stringify({id: this.nextId++, op: 'cancel', target: id})}\n`)
+        this.agent.stdin.write(`${JSON.stringify({id: this.nextId++, op: 'cancel', target: id})}\n`)
       }
 
       this.replies.set(id, (reply) => {
@@ -156,7 +181,7 @@ export class LockClient {
         resolve(reply)
       })
       signal?.addEventListener('abort', onAbort, {once: true})
-      this.helper.stdin.write(`${JSON.stringify({...body, id})}\n`)
+      this.agent.stdin.write(`${JSON.stringify({...body, id})}\n`)
     })
   }
 }

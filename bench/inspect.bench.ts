@@ -1,0 +1,307 @@
+/**
+ * `imgcache inspect` on a host with 2,000 instances against Nova's way of finding what each instance
+ * uses: `qemu-img info` on every instance disk. Everything is measured in this run, on the same
+ * files with a warm page cache; the figures are ratios, never absolute limits. The run fails only
+ * if imgcache and qemu-img disagree on a disk's backing file.
+ */
+import {rmSync} from 'node:fs'
+import {mkdtemp, readdir, rm, stat} from 'node:fs/promises'
+import {availableParallelism, tmpdir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {performance} from 'node:perf_hooks'
+
+import type {InspectReport} from '../src/commands/inspect.js'
+import type {UsageReport} from '../src/lib/cache/usage.js'
+
+import {analyzeNode} from '../src/lib/analysis.js'
+import {resolveCacheSettings} from '../src/lib/config/settings.js'
+import {buildInspectResult, type InspectResult} from '../src/lib/inspect.js'
+import {LocalNode} from '../src/lib/node/local.js'
+import {mapLimit, medianOf, mustRun, REPO_ROOT, seconds, timed, times, writeFigures} from './lib/measure.js'
+import {makeSyntheticHost, type SyntheticHost} from './lib/synthetic-host.js'
+
+const SPEC = {bases: 300, instances: 2000, usedBases: 270}
+const TARGET_RATIO = 100
+const TARGET_WALL_MS = 1000
+const BIN = join(REPO_ROOT, 'bin', 'run.js')
+/** As Nova runs it (LC_ALL=C), and as an installed CLI runs (no imgcache settings from the environment). */
+const QEMU_ENV = {...process.env, LANG: 'C', LC_ALL: 'C'}
+const CLI_ENV = {
+  ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('IMGCACHE_'))),
+  NODE_ENV: 'production',
+}
+
+async function filesUnder(dir: string, suffix: string): Promise<string[]> {
+  const names = await readdir(dir, {recursive: true})
+  return names.filter((n) => n.endsWith(suffix)).map((n) => join(dir, n))
+}
+
+/** Build dist/ when it is missing or older than any source file. */
+async function ensureBuilt(): Promise<void> {
+  const mtimes = async (files: string[]) => Promise.all(files.map(async (f) => (await stat(f)).mtimeMs))
+  const sources = await mtimes(await filesUnder(join(REPO_ROOT, 'src'), '.ts'))
+  const built = await mtimes(await filesUnder(join(REPO_ROOT, 'dist'), '.js').catch(() => []))
+  if (built.length > 0 && Math.min(...built) >= Math.max(...sources)) return
+  console.log('building dist/ (npm run build)')
+  await mustRun('npm', ['run', 'build'], {cwd: REPO_ROOT})
+}
+
+interface QemuInfo {
+  /** qemu-img's backing-filename, resolved against the disk's directory as qemu-img does. */
+  backing?: string
+}
+
+async function qemuInfo(disk: string): Promise<QemuInfo> {
+  const {stdout} = await mustRun('qemu-img', ['info', '-U', '--output=json', disk], {env: QEMU_ENV})
+  const info = JSON.parse(stdout) as {'backing-filename'?: string}
+  const name = info['backing-filename']
+  return {backing: name === undefined ? undefined : resolve(dirname(disk), name)}
+}
+
+/** Nova's method: one `qemu-img info` per disk, `concurrency` at a time (Nova: 1). */
+async function qemuBaseline(disks: string[], concurrency: number) {
+  const run = await timed(async () => mapLimit(disks, concurrency, qemuInfo))
+  return {info: new Map(disks.map((d, i) => [d, run.value[i]!])), ms: run.ms}
+}
+
+function cliArgs(host: SyntheticHost): string[] {
+  return [
+    BIN,
+    'inspect',
+    '--instances-path',
+    host.instancesPath,
+    '--json',
+    '--domain-xml-dir',
+    host.domainXmlDir,
+    '--config',
+    host.configFile,
+    '--nova-conf',
+    host.novaConf,
+  ]
+}
+
+async function cliInspect(host: SyntheticHost) {
+  return medianOf(3, async () => {
+    const {stdout} = await mustRun(process.execPath, cliArgs(host), {env: CLI_ENV})
+    return JSON.parse(stdout) as InspectReport
+  })
+}
+
+/** The scan and the report without Node's or oclif's start-up: analyzeNode + buildInspectResult. */
+async function inProcessInspect(host: SyntheticHost) {
+  const node = new LocalNode()
+  const settings = await resolveCacheSettings(node, {}, undefined, {
+    instancesPath: host.instancesPath,
+    novaConf: host.novaConf,
+  })
+  const run = await medianOf(3, async () => {
+    const analysis = await analyzeNode(node, settings, {domainXmlDirs: [host.domainXmlDir]})
+    return {result: buildInspectResult(analysis), usage: analysis.usage}
+  })
+  const start = performance.now()
+  JSON.stringify(run.value.result)
+  const stringifyMs = performance.now() - start
+  await node.close()
+  return {...run, stringifyMs}
+}
+
+async function startup(args: string[], runs: number, env?: NodeJS.ProcessEnv): Promise<number> {
+  return (await medianOf(runs, async () => mustRun(process.execPath, args, {env}))).ms
+}
+
+/** The directory an instance label names (`<dir>` or `<dir> (<domain name>)`). */
+function dirOfLabel(label: string): string {
+  return label.split(' ')[0]!
+}
+
+/** (instance dir, cache entry) pairs that qemu-img says the disks are backed by. */
+function qemuPairs(host: SyntheticHost, info: Map<string, QemuInfo>): Set<string> {
+  const pairs = new Set<string>()
+  for (const [disk, {backing}] of info) {
+    const dir = disk.slice(host.instancesPath.length + 1).split('/')[0]!
+    if (backing === undefined) continue
+    pairs.add(
+      dirname(backing) === host.cacheDir ? `${dir} ${backing.slice(host.cacheDir.length + 1)}` : `${dir} !${backing}`,
+    )
+  }
+
+  return pairs
+}
+
+/** (instance dir, cache entry) pairs that imgcache's JSON reports as in use. */
+function jsonPairs(result: InspectResult): Set<string> {
+  return new Set(result.entries.flatMap((e) => e.users.map((u) => `${dirOfLabel(u)} ${e.name}`)))
+}
+
+function difference(a: Set<string>, b: Set<string>): string[] {
+  return [...a].filter((x) => !b.has(x))
+}
+
+/**
+ * Two checks against qemu-img. JSON: every instance ↔ cache entry use imgcache reports is a disk
+ * backed by that entry per qemu-img, and the other way round (the synthetic metadata names the same
+ * images and flavor templates as the disks). Per disk: each disk's first backing file in the in-process
+ * analysis is qemu-img's backing-filename.
+ */
+function checkAgreement(host: SyntheticHost, info: Map<string, QemuInfo>, json: InspectResult, usage: UsageReport) {
+  const expected = qemuPairs(host, info)
+  const reported = jsonPairs(json)
+  const jsonMismatches = [
+    ...difference(expected, reported).map((p) => `missing from imgcache's JSON: ${p}`),
+    ...difference(reported, expected).map((p) => `in imgcache's JSON, not per qemu-img: ${p}`),
+  ]
+  const seen = new Set<string>()
+  const diskMismatches: string[] = []
+  for (const instance of usage.instances) {
+    for (const disk of instance.disks) {
+      const path = join(host.instancesPath, instance.dir, disk.name)
+      seen.add(path)
+      const want = info.get(path)?.backing
+      if (disk.backingChain[0] !== want)
+        diskMismatches.push(`${path}: imgcache ${disk.backingChain[0]}, qemu-img ${want}`)
+    }
+  }
+
+  for (const path of info.keys()) if (!seen.has(path)) diskMismatches.push(`${path}: not reported by imgcache`)
+  return {
+    disksCompared: seen.size,
+    diskMismatches,
+    jsonMismatches,
+    mismatches: jsonMismatches.length + diskMismatches.length,
+    usesCompared: expected.size,
+  }
+}
+
+function verdict(ok: boolean): string {
+  return ok ? 'PASS' : 'MISS'
+}
+
+function line(label: string, value: string, note = ''): void {
+  console.log(`  ${label.padEnd(46)} ${value.padStart(10)}  ${note}`.trimEnd())
+}
+
+async function measure(host: SyntheticHost) {
+  const nodeMs = await startup(['-e', '0'], 5)
+  const oclifMs = await startup([BIN, '--version'], 3, CLI_ENV)
+  const sequential = await qemuBaseline(host.disks, 1)
+  const concurrent = await qemuBaseline(host.disks, 4)
+  const cli = await cliInspect(host)
+  const inProcess = await inProcessInspect(host)
+  const json = cli.value.nodes[0]
+  if (!json) throw new Error(`imgcache inspect reported no node: ${JSON.stringify(cli.value.failures)}`)
+  const agreement = checkAgreement(host, sequential.info, json, inProcess.value.usage)
+  return {agreement, cli, concurrent, inProcess, json, nodeMs, oclifMs, sequential}
+}
+
+type Measured = Awaited<ReturnType<typeof measure>>
+
+function figuresOf(host: SyntheticHost, m: Measured) {
+  const ratio = m.sequential.ms / m.cli.ms
+  return {
+    agreement: {
+      disksCompared: m.agreement.disksCompared,
+      diskMismatches: m.agreement.diskMismatches.length,
+      jsonMismatches: m.agreement.jsonMismatches.length,
+      mismatches: m.agreement.mismatches,
+      usesCompared: m.agreement.usesCompared,
+    },
+    cacheEntries: host.cacheEntries,
+    cpus: availableParallelism(),
+    date: new Date().toISOString(),
+    disks: host.disks.length,
+    instances: m.json.instances.total,
+    node: process.version,
+    pruneWouldRemove: m.json.entries.filter((e) => e.prune.outcome === 'removed').length,
+    ratios: {
+      baselinePerImgcache: ratio,
+      baselinePerInProcess: m.sequential.ms / m.inProcess.ms,
+      concurrentPerImgcache: m.concurrent.ms / m.cli.ms,
+      imgcachePerNodeStartup: m.cli.ms / m.nodeMs,
+    },
+    seconds: {
+      imgcacheInspect: m.cli.ms / 1000,
+      imgcacheInspectRuns: m.cli.runsMs.map((ms) => ms / 1000),
+      inProcessScan: m.inProcess.ms / 1000,
+      inProcessScanRuns: m.inProcess.runsMs.map((ms) => ms / 1000),
+      jsonStringify: m.inProcess.stringifyMs / 1000,
+      nodeStartup: m.nodeMs / 1000,
+      oclifStartup: m.oclifMs / 1000,
+      qemuImgInfo4Concurrent: m.concurrent.ms / 1000,
+      qemuImgInfoSequential: m.sequential.ms / 1000,
+    },
+    targets: {
+      ratio: {pass: ratio >= TARGET_RATIO, target: TARGET_RATIO},
+      wallSeconds: {pass: m.cli.ms < TARGET_WALL_MS, target: TARGET_WALL_MS / 1000},
+    },
+  }
+}
+
+function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
+  const s = f.seconds
+  console.log(
+    `inspect: ${f.instances} instances, ${f.disks} instance disks, ${f.cacheEntries} cache entries ` +
+      `(${f.pruneWouldRemove} removable); ${f.cpus} CPUs, warm page cache`,
+  )
+  line('baseline: qemu-img info -U, sequential (Nova)', seconds(s.qemuImgInfoSequential * 1000))
+  line('qemu-img info -U, 4 at a time (information)', seconds(s.qemuImgInfo4Concurrent * 1000))
+  line(
+    'imgcache inspect --json (median of 3)',
+    seconds(m.cli.ms),
+    `runs ${m.cli.runsMs.map((ms) => seconds(ms)).join(', ')}`,
+  )
+  line(
+    '  in-process analyzeNode + buildInspectResult',
+    seconds(m.inProcess.ms),
+    `runs ${m.inProcess.runsMs.map((ms) => seconds(ms)).join(', ')}`,
+  )
+  line('  JSON.stringify of the result', seconds(m.inProcess.stringifyMs))
+  line('  bin/run.js --version (Node + oclif start-up)', seconds(m.oclifMs))
+  line('  node -e 0 (Node start-up)', seconds(m.nodeMs))
+  line(
+    'ratio baseline / imgcache',
+    times(f.ratios.baselinePerImgcache),
+    `target ≥ ${TARGET_RATIO}×: ${verdict(f.targets.ratio.pass)}`,
+  )
+  line('ratio 4-concurrent qemu-img / imgcache', times(f.ratios.concurrentPerImgcache))
+  line('ratio baseline / in-process scan', times(f.ratios.baselinePerInProcess))
+  line('ratio imgcache / node -e 0', times(f.ratios.imgcachePerNodeStartup))
+  line(
+    'imgcache wall time',
+    seconds(m.cli.ms),
+    `target < ${TARGET_WALL_MS / 1000} s: ${verdict(f.targets.wallSeconds.pass)}`,
+  )
+  line(
+    'backing files: imgcache vs qemu-img',
+    `${f.agreement.mismatches} off`,
+    `${f.agreement.mismatches === 0 ? 'agree' : 'DISAGREE'} on ${f.agreement.disksCompared} disks, ` +
+      `${f.agreement.usesCompared} instance → entry uses in the JSON`,
+  )
+  for (const problem of [...m.agreement.jsonMismatches, ...m.agreement.diskMismatches].slice(0, 10)) {
+    console.log(`    ${problem}`)
+  }
+}
+
+async function main(): Promise<number> {
+  await ensureBuilt()
+  const root = await mkdtemp(join(tmpdir(), 'imgcache-bench-inspect-'))
+  // Interrupted: remove the host, then die of the signal as if there were no handler.
+  const onSignal = (signal: NodeJS.Signals) => {
+    rmSync(root, {force: true, recursive: true})
+    process.kill(process.pid, signal)
+  }
+
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal)
+  try {
+    const setup = await timed(async () => makeSyntheticHost(root, SPEC))
+    console.log(`synthetic host built in ${seconds(setup.ms)} under ${root}`)
+    const measured = await measure(setup.value)
+    const figures = figuresOf(setup.value, measured)
+    print(figures, measured)
+    console.log(`figures: ${await writeFigures('inspect', figures)}`)
+    return figures.agreement.mismatches === 0 ? 0 : 1
+  } finally {
+    await rm(root, {force: true, recursive: true})
+  }
+}
+
+process.exitCode = await main()

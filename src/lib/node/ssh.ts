@@ -1,0 +1,307 @@
+import type {Readable} from 'node:stream'
+
+import {execa, type ResultPromise} from 'execa'
+
+import type {
+  CacheScan,
+  EntryStat,
+  FsUsage,
+  LockHandle,
+  LockOptions,
+  Node,
+  NodeFileSink,
+  ReadRange,
+  RemoveOptions,
+  RemoveOutcome,
+  RunOptions,
+  RunResult,
+  ScanRequest,
+  WriteFileOptions,
+} from './types.js'
+
+import {ImgcacheError, RemoteCommandError} from '../errors.js'
+import {AgentClient} from './agent-client.js'
+import {AGENT_PY} from './agent-py.js'
+import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
+
+/** ssh failure kinds that mean "the node cannot be reached": precache reports it `skipped`. */
+export const UNREACHABLE_CODES = new Set(['SSH_DNS', 'SSH_REFUSED', 'SSH_TIMEOUT', 'SSH_UNREACHABLE'])
+
+/** Whether an error says the node could not be reached at all (as opposed to failing once reached). */
+export function isUnreachable(error: unknown): boolean {
+  return error instanceof ImgcacheError && UNREACHABLE_CODES.has(error.code)
+}
+
+function sshError(node: SshNode, stderr: string, doing: string): ImgcacheError {
+  const failure = classifySshFailure(SSH_FAILURE_STATUS, stderr)
+  return new ImgcacheError(
+    `SSH_${failure.kind.toUpperCase().replaceAll('-', '_')}`,
+    `${node.name} (${node.description}): ${failure.message}${doing ? ` (while ${doing})` : ''}`,
+    {
+      node: node.name,
+      suggestions: failure.suggestions,
+    },
+  )
+}
+
+/** Decode the base64 heads the agent sends into Buffers, in place. */
+function decodeScan(scan: CacheScan): CacheScan {
+  for (const entry of scan.cacheDir.entries) {
+    if (typeof entry.head === 'string') entry.head = Buffer.from(entry.head, 'base64')
+  }
+
+  for (const dir of scan.instanceDirs) {
+    for (const disk of dir.disks) if (typeof disk.head === 'string') disk.head = Buffer.from(disk.head, 'base64')
+  }
+
+  return scan
+}
+
+/**
+ * A compute node reached with the system OpenSSH client: ~/.ssh/config, agents and jump hosts work;
+ * one multiplexed connection per node per run; host keys always checked. File operations and locks
+ * go through one python3 agent per node (agent-py.ts): one round trip each, and its locks die with
+ * the connection. Programs (qemu-img, curl) run as fixed argvs quoted by one function.
+ */
+export class SshNode implements Node {
+  readonly description: string
+  readonly isLocal = false
+  private agent?: AgentClient
+  private readonly children = new Set<ResultPromise>()
+  private closed = false
+  private connected?: Promise<void>
+
+  constructor(
+    readonly name: string,
+    readonly target: SshTarget,
+  ) {
+    this.description = `${target.user ? `${target.user}@` : ''}${target.host}${target.port ? `:${target.port}` : ''}`
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.agent?.close()
+    for (const child of this.children) child.kill('SIGTERM')
+    if (this.connected) {
+      await execa('ssh', sshControlArgv(this.target, 'exit'), {reject: false, stdin: 'ignore', timeout: 10_000})
+    }
+  }
+
+  /** Open the multiplexing master once (the first use of the node), so later commands share it. */
+  async connect(): Promise<void> {
+    this.connected ??= this.exec(['true'], {doing: 'connecting'}).then(() => undefined)
+    try {
+      await this.connected
+    } catch (error) {
+      this.connected = undefined
+      throw error
+    }
+  }
+
+  /** Digest of a file on the node, computed there (node-side fetches are verified this way). */
+  async digest(path: string, algorithm: string): Promise<string> {
+    return this.request<string>('digest', {algorithm, path}, 'cannot hash', path)
+  }
+
+  /** Run one argv on the node and wait; ssh's own failures (exit 255) become clear errors. */
+  async exec(
+    argv: string[],
+    options: {doing?: string; signal?: AbortSignal; stdin?: Buffer | string; timeoutMs?: number} = {},
+  ): Promise<RunResult> {
+    if (this.closed)
+      throw new ImgcacheError('NODE_CLOSED', `${this.name}: connection already closed`, {node: this.name})
+    const child = execa('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === undefined}), {
+      cancelSignal: options.signal,
+      input: options.stdin,
+      reject: false,
+      stripFinalNewline: false,
+      timeout: options.timeoutMs,
+    })
+    this.children.add(child)
+    const result = await child.finally(() => this.children.delete(child))
+    if (result.exitCode === undefined) {
+      const reason = result.timedOut
+        ? `timed out after ${options.timeoutMs} ms`
+        : result.isCanceled
+          ? 'cancelled'
+          : result.shortMessage
+      throw new RemoteCommandError(`${argv[0]} on ${this.name}: ${reason}`, {
+        argv,
+        node: this.name,
+        stderr: result.stderr,
+      })
+    }
+
+    if (result.exitCode === SSH_FAILURE_STATUS) throw sshError(this, result.stderr, options.doing ?? '')
+    return {exitCode: result.exitCode, stderr: result.stderr, stdout: result.stdout}
+  }
+
+  async lock(path: string, options: LockOptions): Promise<LockHandle> {
+    return (await this.agentClient()).lock(path, options)
+  }
+
+  async mkdirp(path: string): Promise<void> {
+    await this.request('mkdirp', {path}, 'cannot create directory', path)
+  }
+
+  async openRead(path: string, offset = 0): Promise<Readable> {
+    await this.connect()
+    const child = this.spawn(['tail', '-c', `+${offset + 1}`, '--', path], {stdin: 'ignore'})
+    if (!child.stdout) throw new ImgcacheError('BUG', 'no stdout')
+    child.catch(() => undefined)
+    return child.stdout
+  }
+
+  async openWrite(path: string, options: WriteFileOptions = {}): Promise<NodeFileSink> {
+    await this.connect()
+    const script = options.append ? 'exec cat >> "$1"' : 'umask 022; exec cat > "$1"'
+    const child = this.spawn(['sh', '-c', script, 'sh', path], {stdin: 'pipe'})
+    if (!child.stdin) throw new ImgcacheError('BUG', 'no stdin')
+    const {stdin} = child
+    return {
+      abort() {
+        child.kill('SIGTERM')
+      },
+      finish: async () => {
+        if (!stdin.writableEnded) stdin.end()
+        const result = await child
+        if (result.exitCode !== 0) {
+          if (result.exitCode === SSH_FAILURE_STATUS) throw sshError(this, String(result.stderr), `writing ${path}`)
+          throw new RemoteCommandError(`cannot write ${path} on ${this.name}`, {
+            argv: ['cat', '>', path],
+            exitStatus: result.exitCode,
+            node: this.name,
+            stderr: String(result.stderr),
+          })
+        }
+
+        await this.syncFile(path)
+        return (await this.stat(path))?.size ?? 0
+      },
+      stream: stdin,
+    }
+  }
+
+  async readRanges(ranges: ReadRange[]): Promise<Buffer[]> {
+    if (ranges.length === 0) return []
+    const result = await this.request<string[]>('read_ranges', {ranges}, 'cannot read', ranges[0]?.path ?? '')
+    return result.map((b) => Buffer.from(b, 'base64'))
+  }
+
+  async readTextFile(path: string): Promise<string | undefined> {
+    return (await this.request<null | string>('read_text', {path}, 'cannot read', path)) ?? undefined
+  }
+
+  async remove(path: string, options: RemoveOptions = {}): Promise<RemoveOutcome> {
+    return this.request<RemoveOutcome>('remove', {olderThanMs: options.olderThanMs, path}, 'cannot remove', path)
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await this.request('rename', {from, to}, `cannot rename ${from} to`, to)
+  }
+
+  async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {
+    const env = {LANG: 'C', LC_ALL: 'C', ...options.env}
+    const command = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv]
+    const result = await this.exec(command, {
+      doing: `running ${argv[0]}`,
+      signal: options.signal,
+      stdin: options.stdin,
+      timeoutMs: options.timeoutMs,
+    })
+    if (result.exitCode !== 0 && options.reject !== false) {
+      throw new RemoteCommandError(`${argv[0]} exited with status ${result.exitCode} on ${this.name}`, {
+        argv,
+        exitStatus: result.exitCode,
+        node: this.name,
+        stderr: result.stderr,
+      })
+    }
+
+    return result
+  }
+
+  async scan(request: ScanRequest): Promise<CacheScan> {
+    return decodeScan(await this.request<CacheScan>('scan', {...request}, 'cannot scan', request.instancesPath))
+  }
+
+  /** Start an argv on the node with streams (uploads, downloads, the agent). */
+  spawn(argv: string[], options: {stdin: 'ignore' | 'pipe'}): ResultPromise {
+    const child = execa('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === 'ignore'}), {
+      buffer: {stderr: true, stdout: false},
+      encoding: 'buffer',
+      reject: false,
+      stdin: options.stdin,
+    })
+    this.children.add(child)
+    child.finally(() => this.children.delete(child)).catch(() => undefined)
+    return child
+  }
+
+  async stat(path: string): Promise<EntryStat | undefined> {
+    return (await this.request<EntryStat | null>('stat', {path}, 'cannot stat', path)) ?? undefined
+  }
+
+  async statfs(path: string): Promise<FsUsage> {
+    return this.request<FsUsage>('statfs', {path}, 'cannot stat the file system of', path)
+  }
+
+  async supportsDirectIo(dir: string): Promise<boolean> {
+    return this.request<boolean>('direct_io', {dir}, 'cannot probe O_DIRECT in', dir)
+  }
+
+  async syncFile(path: string): Promise<void> {
+    await this.request('sync_file', {path}, 'cannot flush', path)
+  }
+
+  async touch(paths: string[]): Promise<void> {
+    if (paths.length > 0) await this.request('touch', {paths}, 'cannot touch', paths[0] ?? '')
+  }
+
+  async writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+    await this.request('write_atomic', {data: Buffer.from(data).toString('base64'), mode, path}, 'cannot write', path)
+  }
+
+  private async agentClient(): Promise<AgentClient> {
+    if (this.agent) return this.agent
+    await this.connect()
+    if (this.agent) return this.agent
+    const child = this.spawn(['python3', '-c', AGENT_PY], {stdin: 'pipe'})
+    this.agent = new AgentClient(
+      {
+        exited: child,
+        kill: () => child.kill('SIGKILL'),
+        stderr: child.stderr ?? undefined,
+        stdin: child.stdin!,
+        stdout: child.stdout!,
+      },
+      this.name,
+      (stderr) => {
+        if (/python3: (command )?not found|No such file/i.test(stderr)) {
+          return new ImgcacheError('NODE_NO_PYTHON', `${this.name}: python3 is not installed on the node`, {
+            node: this.name,
+            suggestions: [
+              'Install python3 on the node (every nova-compute host has it); imgcache uses it for nova-compatible locks.',
+            ],
+          })
+        }
+
+        const failure = classifySshFailure(SSH_FAILURE_STATUS, stderr)
+        return new ImgcacheError(
+          `SSH_${failure.kind.toUpperCase().replaceAll('-', '_')}`,
+          `${this.name}: the connection to the node ended (${failure.message})`,
+          {
+            node: this.name,
+            suggestions: failure.suggestions,
+          },
+        )
+      },
+    )
+    return this.agent
+  }
+
+  private async request<T>(op: string, body: Record<string, unknown>, what: string, path: string): Promise<T> {
+    return (await this.agentClient()).request<T>(op, body, what, path)
+  }
+}

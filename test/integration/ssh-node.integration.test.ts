@@ -1,0 +1,193 @@
+import {execa} from 'execa'
+import {readFile, rm, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {analyzeNode} from '../../src/lib/analysis.js'
+import {resolveCacheSettings} from '../../src/lib/config/settings.js'
+import {buildInspectResult} from '../../src/lib/inspect.js'
+import {LocalNode} from '../../src/lib/node/local.js'
+import {isUnreachable, SshNode} from '../../src/lib/node/ssh.js'
+import {prune} from '../../src/lib/prune.js'
+import {DAY, HOUR, makeNovaHost, sha1} from '../fixtures/nova-host.js'
+import {startNodes, type TestNodes} from '../helpers/nodes.js'
+import {holdOsloLock, osloSees} from '../helpers/oslo-lock.js'
+
+let nodes: TestNodes
+beforeAll(async () => {
+  nodes = await startNodes(2)
+})
+afterAll(async () => {
+  await nodes?.stop()
+})
+
+function sshNode(name: string): SshNode {
+  return new SshNode(name, nodes.target(name))
+}
+
+describe('an SSH node runs the same operations as the local host', () => {
+  it('scans exactly as the local scan does, in at most 3 round trips', async () => {
+    const root = nodes.node('node1').instancesPath.replace(/\/instances$/, '')
+    const host = await makeNovaHost(root, {
+      bases: [
+        {age: 3 * DAY, imageId: 'a'},
+        {age: 2 * HOUR, imageId: 'b'},
+        {age: DAY, content: 's', name: 'swap_512'},
+      ],
+      files: [
+        {age: 2 * DAY, name: `${sha1('c')}.part`},
+        {age: 0, name: 'link-'.padEnd(40, 'x'), symlinkTo: '/etc/hostname'},
+      ],
+      instances: [
+        {
+          dir: 'u1',
+          disks: [{backing: sha1('a')}, {backing: 'swap_512', name: 'disk.swap'}],
+          metadata: {imageId: 'a', swapMb: 512},
+        },
+        {dir: 'u2', disks: [{backing: sha1('b'), relative: true}]},
+      ],
+    })
+    const remote = sshNode('node1')
+    const local = new LocalNode()
+    try {
+      const settingsOf = (n: LocalNode | SshNode) =>
+        resolveCacheSettings(n, {}, undefined, {instancesPath: host.instancesPath})
+      const request = {
+        cacheDir: host.cacheDir,
+        cacheHeadBytes: 4096,
+        domainXmlDirs: [],
+        headBytes: 4096,
+        instancesPath: host.instancesPath,
+        lockDir: host.lockDir,
+      }
+      const [a, b] = await Promise.all([local.scan(request), remote.scan(request)])
+      const normalize = (s: typeof a) => ({...s, now: 0})
+      expect(normalize(b)).toEqual(normalize(a))
+      const analysis = await analyzeNode(remote, await settingsOf(remote), {domainXmlDirs: []})
+      expect(analysis.roundTrips).toBeLessThanOrEqual(3)
+      const localView = buildInspectResult(await analyzeNode(local, await settingsOf(local), {domainXmlDirs: []}))
+      const remoteView = buildInspectResult(analysis)
+      expect(remoteView.entries.map((e) => [e.name, e.prune.outcome, e.users])).toEqual(
+        localView.entries.map((e) => [e.name, e.prune.outcome, e.users]),
+      )
+    } finally {
+      await remote.close()
+      await local.close()
+    }
+  })
+
+  it('prunes over SSH with the nova lock on the node: an oslo holder there makes it skip the file', async () => {
+    const root = nodes.node('node2').instancesPath.replace(/\/instances$/, '')
+    const host = await makeNovaHost(join(root, 'p'), {
+      bases: [
+        {age: 3 * DAY, imageId: 'old-1'},
+        {age: 3 * DAY, imageId: 'old-2'},
+      ],
+    })
+    const holder = await holdOsloLock(host.lockDir, sha1('old-1'))
+    const remote = sshNode('node2')
+    try {
+      const settings = await resolveCacheSettings(remote, {}, undefined, {instancesPath: host.instancesPath})
+      const result = await prune(await analyzeNode(remote, settings, {domainXmlDirs: []}), {
+        dryRun: false,
+        lockTimeoutMs: 500,
+      })
+      const outcome = Object.fromEntries(result.decisions.map((d) => [d.name, d.outcome]))
+      expect(outcome).toEqual({[sha1('old-1')]: 'locked', [sha1('old-2')]: 'removed'})
+    } finally {
+      await holder.release()
+      await remote.close()
+    }
+  })
+
+  it('holds locks that oslo on the node sees, released when the connection dies', async () => {
+    const remote = sshNode('node1')
+    const lockPath = join(nodes.node('node1').instancesPath, 'locks', 'nova-zzz')
+    try {
+      await remote.lock(lockPath, {timeoutMs: 2000})
+      expect(await osloSees(lockPath)).toBe('BUSY')
+      // The node's sshd dies (sessions included): the agent's stdin closes, the lock goes.
+      await nodes.killSshd('node1')
+      await new Promise((r) => {
+        setTimeout(r, 500)
+      })
+      expect(await osloSees(lockPath)).toBe('FREE')
+    } finally {
+      await remote.close()
+      await nodes.restartSshd('node1')
+    }
+  })
+
+  it('does file operations, runs argvs with quoted arguments, streams files both ways', async () => {
+    const remote = sshNode('node2')
+    const dir = join(nodes.node('node2').instancesPath, 'ops dir')
+    try {
+      await remote.mkdirp(dir)
+      const tricky = join(dir, "it's a $(file) `name`")
+      await remote.writeFileAtomic(tricky, 'hello')
+      expect(await readFile(tricky, 'utf8')).toBe('hello')
+      expect((await remote.stat(tricky))?.size).toBe(5)
+      expect(await remote.readTextFile(join(dir, 'missing'))).toBeUndefined()
+      const echoed = await remote.run(['printf', '%s|', 'a b', "c'd", '$HOME'])
+      expect(echoed.stdout).toBe("a b|c'd|$HOME|")
+      const sink = await remote.openWrite(join(dir, 'blob'))
+      const data = Buffer.alloc(3 * 1024 * 1024, 7)
+      sink.stream.end(data)
+      expect(await sink.finish()).toBe(data.length)
+      const chunks: Buffer[] = []
+      for await (const chunk of await remote.openRead(join(dir, 'blob'), 1024)) chunks.push(chunk as Buffer)
+      expect(Buffer.concat(chunks).length).toBe(data.length - 1024)
+      expect(await remote.digest(join(dir, 'blob'), 'sha256')).toBe(
+        (await execa('sha256sum', [join(dir, 'blob')])).stdout.slice(0, 64),
+      )
+      expect(await remote.remove(join(dir, 'blob'), {olderThanMs: Date.now() - 60_000})).toBe('too-young')
+      expect(await remote.remove(join(dir, 'blob'))).toBe('removed')
+      await expect(remote.remove(dir)).rejects.toThrow(/is a directory/)
+      await expect(remote.rename(join(dir, 'nope'), join(dir, 'x'))).rejects.toMatchObject({code: 'FS_ENOENT'})
+    } finally {
+      await remote.close()
+      await rm(dir, {force: true, recursive: true})
+    }
+  })
+})
+
+describe('SSH failures are clear and classified', () => {
+  it('a changed host key is refused with how to fix it', async () => {
+    await nodes.rotateHostKey('node2')
+    const remote = sshNode('node2')
+    try {
+      const error = await remote.connect().catch((error_: unknown) => error_)
+      expect(error).toMatchObject({code: 'SSH_HOST_KEY_CHANGED'})
+      expect(String((error as Error).message)).toContain('node2')
+      expect((error as {suggestions: string[]}).suggestions.join(' ')).toMatch(/ssh-keygen.*-R/)
+      expect(isUnreachable(error)).toBe(false)
+    } finally {
+      await remote.close()
+      await nodes.trustHostKey('node2')
+    }
+  })
+
+  it('a node whose sshd is down is unreachable', async () => {
+    const {port} = nodes.node('node2')
+    const remote = new SshNode('down', nodes.target('node2', {port: port + 1000}))
+    try {
+      const error = await remote.connect().catch((error_: unknown) => error_)
+      expect(isUnreachable(error)).toBe(true)
+      expect(String((error as Error).message)).toMatch(/refused|unreachable/i)
+    } finally {
+      await remote.close()
+    }
+  })
+
+  it('a node without python3 says so', async () => {
+    const fake = join(nodes.node('node1').binDir, 'python3')
+    await writeFile(fake, '#!/bin/sh\necho "python3: command not found" >&2\nexit 127\n', {mode: 0o755})
+    const remote = sshNode('node1')
+    try {
+      await expect(remote.stat('/')).rejects.toMatchObject({code: 'NODE_NO_PYTHON'})
+    } finally {
+      await remote.close()
+      await rm(fake, {force: true})
+    }
+  })
+})
