@@ -30,9 +30,10 @@ if (( ${#missing[@]} )); then
   apt_install || { apt-get update -q -o DPkg::Lock::Timeout=600 >&2 && apt_install; }
 fi
 
-command -v node >/dev/null || { log "Node.js 20 or newer is needed (apt-get install nodejs, or nodesource)"; exit 1; }
+command -v node >/dev/null || { log "Node.js 20.10 or newer is needed (apt-get install nodejs, or nodesource)"; exit 1; }
 major=$(node -p 'process.versions.node.split(".")[0]')
-(( major >= 20 )) || { log "Node.js $(node --version) is too old: imgcache needs 20 or newer"; exit 1; }
+minor=$(node -p 'process.versions.node.split(".")[1]')
+(( major > 20 || (major == 20 && minor >= 10) )) || { log "Node.js $(node --version) is too old: imgcache needs 20.10 or newer"; exit 1; }
 
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   log "installing npm packages (npm ci)"

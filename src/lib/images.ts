@@ -124,7 +124,8 @@ async function resolveOne(
   if (looksLikePath || (ctx.flags.imageId && (await isFile(resolve(ctx.cwd, ref))))) {
     if (!single && ctx.flags.imageId) throw oneOnly(ref)
     const source = new FileSource({...common, cwd: ctx.cwd, path: ref})
-    return {record: await source.resolve(source.path), ref, source}
+    // The source answers to the path as written (relative to cwd), not to its absolute form.
+    return {record: await source.resolve(ref), ref, source}
   }
 
   const source = await glance()

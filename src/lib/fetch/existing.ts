@@ -2,8 +2,8 @@ import type {CacheSettings} from '../config/settings.js'
 import type {ImageRecord} from '../image-source/types.js'
 import type {Node} from '../node/types.js'
 
-import {ImgcacheError} from '../errors.js'
-import {inspectSource} from '../formats/index.js'
+import {ImgcacheError, SafetyError} from '../errors.js'
+import {inspectSource, qemuFormatName} from '../formats/index.js'
 import {parseSidecar} from '../sidecar.js'
 
 export interface ExistingEntry {
@@ -17,7 +17,8 @@ export interface ExistingEntry {
  * Is the image already cached, and sound? Sound means: a regular file (or a link to one), not
  * empty, of the size imgcache recorded when it wrote it, whose header passes the safety checks. A
  * sound entry is touched (Nova's pre-cache restarts its lifetime that way) and reported existing.
- * An unsound one is an error that says how to replace it; nothing is overwritten without --force.
+ * An unsafe one is refused (SafetyError BASE_UNSAFE), any other unsound one is an error that says
+ * how to replace it; nothing is overwritten without --force.
  */
 export async function checkExisting(
   node: Node,
@@ -37,14 +38,31 @@ export async function checkExisting(
   }
 
   let format = sidecar?.format ?? 'raw'
-  if (problems.length === 0) {
+  // The safety check runs whatever else is wrong: an unsafe file is a refusal (exit 4), not merely stale.
+  if (isFile && entry.size > 0) {
     const result = await inspectSource(
       async (offset, length) => (await node.readRanges([{length, offset, path: paths.final}]))[0] ?? Buffer.alloc(0),
       entry.size,
       {vmdkAllowedTypes: settings.vmdkAllowedTypes},
     )
-    if (!result.safe) problems.push(`it fails the safety check (${result.failures.map((f) => f.message).join('; ')})`)
-    format = result.format
+    if (!result.safe) {
+      // A base that fails the checks (replaced, or checks newer than the download) is a refusal,
+      // as Nova's "Base image failed safety check" before it builds a disk on it.
+      throw new SafetyError(
+        'BASE_UNSAFE',
+        `${paths.final} is cached for image ${image.id} but fails the safety check: ${result.failures.map((f) => f.message).join('; ')}`,
+        {
+          image: image.id,
+          node: node.name,
+          path: paths.final,
+          suggestions: [
+            'Do not use it: fetch the image again with --force (the file is replaced only once the new one is verified).',
+          ],
+        },
+      )
+    }
+
+    format = qemuFormatName(result.format)
   }
 
   if (problems.length > 0) {
@@ -63,7 +81,11 @@ export async function checkExisting(
   await node.touch([paths.final])
   return {
     bytes: entry.size,
-    converted: sidecar ? sidecar.format !== sidecar.sourceFormat : false,
+    // An ISO or a partitioned disk declared raw is cached as it came: raw to qemu, not converted.
+    converted:
+      sidecar?.format !== undefined && sidecar.sourceFormat !== undefined
+        ? qemuFormatName(sidecar.sourceFormat) !== sidecar.format
+        : false,
     downloadedBytes: 0,
     format,
   }

@@ -1,5 +1,4 @@
 import {posix} from 'node:path'
-import {pipeline} from 'node:stream/promises'
 
 import type {CacheSettings} from '../config/settings.js'
 import type {ExpectedHash, ImageRecord, ImageSource, OpenedImage} from '../image-source/types.js'
@@ -7,13 +6,13 @@ import type {Node} from '../node/types.js'
 import type {FetchPhase, ProgressListener} from './progress.js'
 
 import {cacheName, CONVERTED_SUFFIX, lockName, PART_SUFFIX, SIDECAR_DIR} from '../cache/naming.js'
-import {describeError, ImgcacheError, SafetyError} from '../errors.js'
+import {ImgcacheError, SafetyError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {
   checkDeclaredFormat,
-  FormatInspector,
   inspectionError,
   type InspectionResult,
+  qemuFormatName,
   verdictError,
 } from '../formats/index.js'
 import {expectedHash} from '../image-source/checksum.js'
@@ -22,7 +21,7 @@ import {checkQemuAgrees, parseQemuInfo, qemuConvertArgv, qemuError, qemuInfoArgv
 import {type Sidecar} from '../sidecar.js'
 import {checkExisting} from './existing.js'
 import {ensureSpace} from './space.js'
-import {VerifyingTap} from './tap.js'
+import {streamTransfer, type Transfer} from './transfer.js'
 
 export interface FetchOptions {
   /** Fetch an image whose source declares no checksum (otherwise refused before any byte moves). */
@@ -34,6 +33,8 @@ export interface FetchOptions {
   /** Opens the image's bytes from an offset; defaults to the source's own `open`. */
   open?: (offset: number, signal?: AbortSignal) => Promise<OpenedImage>
   signal?: AbortSignal
+  /** How the bytes reach the node's `.part` (default: streamed through imgcache from `open`). */
+  transfer?: Transfer
 }
 
 export interface FetchResult {
@@ -123,7 +124,11 @@ export async function fetchIntoCache(target: FetchTarget, options: FetchOptions)
     if (existing) return {...base, ...existing, durationMs: Date.now() - started, status: 'existing'}
   }
 
-  await ensureSpace(node, settings.cacheDir, image.size ?? 0, label)
+  // The raw copy sits next to the download until the download is removed: count both.
+  const rawSize = willConvert(image, settings) ? (image.virtualSize ?? 0) : 0
+  await ensureSpace(node, settings.cacheDir, (image.size ?? 0) + rawSize, label, {
+    purpose: rawSize > 0 ? 'the download and its conversion to raw' : 'the download',
+  })
   progress('waiting-for-lock')
   const lock = await node.lock(paths.lock, {signal: options.signal, timeoutMs: options.lockTimeoutMs})
   try {
@@ -155,61 +160,25 @@ async function fetchLocked(
 ): Promise<Omit<FetchResult, 'durationMs' | 'image' | 'node' | 'path' | 'status'>> {
   const {image, node, settings} = target
   const label = image.name ? `${image.name} (${image.id})` : image.id
-  const open = options.open ?? ((offset: number, signal?: AbortSignal) => target.source.open(image, {offset, signal}))
-  const newTap = () =>
-    new VerifyingTap(expected?.algorithm, new FormatInspector({vmdkAllowedTypes: settings.vmdkAllowedTypes}), (bytes) =>
-      progress('downloading', bytes),
+  const transfer =
+    options.transfer ??
+    streamTransfer(
+      options.open ?? ((offset: number, signal?: AbortSignal) => target.source.open(image, {offset, signal})),
     )
-
-  // Resume a .part left by a killed run: re-hash what is there, then ask for the rest.
-  let tap = newTap()
-  let resumeFrom = 0
-  const partial = options.force ? undefined : await node.stat(paths.part)
-  if (partial?.type === 'file' && partial.size > 0 && (image.size === undefined || partial.size <= image.size)) {
-    progress('resuming', 0)
-    const reader = await node.openRead(paths.part)
-    for await (const chunk of reader) {
-      tap.absorb(chunk as Buffer)
-      progress('resuming', tap.bytes)
-    }
-
-    resumeFrom = tap.bytes
-  }
-
-  let downloaded = 0
-  if (image.size === undefined || resumeFrom < image.size) {
-    let opened = await open(resumeFrom, options.signal)
-    if (opened.offset !== resumeFrom) {
-      // The server ignored the Range request: start again from zero.
-      opened.stream.destroy()
-      tap = newTap()
-      resumeFrom = 0
-      opened = opened.offset === 0 ? await open(0, options.signal) : opened
-    }
-
-    const sink = await node.openWrite(paths.part, {append: resumeFrom > 0, signal: options.signal})
-    const before = tap.bytes
-    try {
-      await pipeline(opened.stream, tap, sink.stream, {signal: options.signal})
-    } catch (error) {
-      sink.abort()
-      throw interrupted(options.signal) ?? transferError(error, label, node)
-    }
-
-    const onDisk = await sink.finish()
-    downloaded = tap.bytes - before
-    if (onDisk !== tap.bytes) {
-      throw new ImgcacheError(
-        'WRITE_INCOMPLETE',
-        `${paths.part} holds ${onDisk} bytes but ${tap.bytes} were received`,
-        {
-          image: image.id,
-          node: node.name,
-          path: paths.part,
-        },
-      )
-    }
-  }
+  const moved = await transfer({
+    expected,
+    fresh: options.force,
+    image,
+    label,
+    node,
+    onBytes: (bytes, phase) => progress(phase, bytes),
+    part: paths.part,
+    settings,
+    signal: options.signal,
+  })
+  const {downloaded} = moved
+  const resumeFrom = moved.resumedFrom ?? 0
+  const tap = {bytes: moved.bytes}
 
   progress('verifying', tap.bytes)
   if (image.size !== undefined && tap.bytes !== image.size) {
@@ -226,26 +195,23 @@ async function fetchLocked(
     )
   }
 
-  let digest: string | undefined
-  if (expected && tap.hash) {
-    digest = tap.hash.digest('hex')
-    if (digest !== expected.value) {
-      throw new ImgcacheError(
-        'HASH_MISMATCH',
-        `image ${label}: ${expected.algorithm} of the download is ${digest}, the image service says ${expected.value}`,
-        {
-          image: image.id,
-          node: node.name,
-          suggestions: [
-            'Run the same command again; if it fails again the image in the image service is corrupt: re-upload it.',
-          ],
-        },
-      )
-    }
+  const {digest} = moved
+  if (expected && digest !== expected.value) {
+    throw new ImgcacheError(
+      'HASH_MISMATCH',
+      `image ${label}: ${expected.algorithm} of the download is ${digest}, the image service says ${expected.value}`,
+      {
+        image: image.id,
+        node: node.name,
+        suggestions: [
+          'Run the same command again; if it fails again the image in the image service is corrupt: re-upload it.',
+        ],
+      },
+    )
   }
 
   progress('inspecting', tap.bytes)
-  const inspection = tap.inspector.finish()
+  const {inspection} = moved
   const qemuFormat = verifyFormat(image, inspection, label)
   const info = await qemuInfo(node, paths.part, image.id)
   const agree = checkQemuAgrees(qemuFormat, info, {vmdkAllowedTypes: settings.vmdkAllowedTypes})
@@ -256,8 +222,25 @@ async function fetchLocked(
   let format = qemuFormat
   const converted = settings.forceRaw && qemuFormat !== 'raw'
   if (converted) {
+    if (info.encrypted) {
+      // qemu-img reads an encrypted header without the key but cannot convert the data; Nova
+      // fails the same way ("Unable to convert image to raw").
+      throw new SafetyError(
+        'IMAGE_ENCRYPTED',
+        `image ${label} refused: it is encrypted (${qemuFormat}), so it cannot be converted to raw without its key, as force_raw_images requires`,
+        {
+          image: image.id,
+          node: node.name,
+          suggestions: [
+            'Upload the image unencrypted, or keep it as it is with force_raw_images off (fetch.forceRaw: false in the config).',
+          ],
+        },
+      )
+    }
+
     progress('converting', tap.bytes)
-    await ensureSpace(node, settings.cacheDir, tap.bytes, label)
+    // The raw file is as large as the virtual disk (qemu's answer, not the image service's).
+    await ensureSpace(node, settings.cacheDir, info.virtualSize, label, {purpose: 'its conversion to raw'})
     await convertToRaw(node, paths, qemuFormat, image.id)
     await node.remove(paths.part)
     const out = await qemuInfo(node, paths.converted, image.id)
@@ -342,22 +325,7 @@ async function writeSidecar(node: Node, paths: Paths, sidecar: Sidecar): Promise
   }
 }
 
-function transferError(error: unknown, label: string, node: Node): unknown {
-  if (error instanceof ImgcacheError) return error
-  const {code} = error as {code?: string}
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new ImgcacheError('NO_SPACE', `no space left on ${node.description} while writing image ${label}`, {
-      cause: error,
-      node: node.name,
-      suggestions: ['Free space in the cache dir (imgcache prune) and try again.'],
-    })
-  }
-
-  return new ImgcacheError('TRANSFER_FAILED', `downloading image ${label} failed: ${describeError(error)}`, {
-    cause: error,
-    node: node.name,
-    suggestions: [
-      'Run the same command again; it resumes where it stopped only after a kill, otherwise it starts over.',
-    ],
-  })
+/** Whether the cached file will be a raw conversion of what is downloaded (when the source declares its format). */
+function willConvert(image: ImageRecord, settings: CacheSettings): boolean {
+  return settings.forceRaw && image.diskFormat !== undefined && qemuFormatName(image.diskFormat) !== 'raw'
 }

@@ -14,10 +14,11 @@
  * meanwhile.
  */
 export const AGENT_PY = String.raw`
-import base64, errno, fcntl, hashlib, json, mmap, os, select, stat as S, sys, time
+import base64, errno, fcntl, hashlib, json, mmap, os, select, signal, stat as S, subprocess, sys, time
 
 held = {}
 pending = []
+children = {}
 
 def reply(o):
     sys.stdout.write(json.dumps(o) + "\n"); sys.stdout.flush()
@@ -249,9 +250,60 @@ def touch(q):
 def mkdirp(q):
     os.makedirs(q["path"], exist_ok=True)
 
-OPS = {"digest": digest, "direct_io": direct_io, "mkdirp": mkdirp, "read_ranges": read_ranges, "read_text": text,
+def spawn(q):
+    # A program that must not outlive the connection (curl fetching into the cache): its stdin gets
+    # q["input"] (secrets travel this way, never in its argv); stdout goes nowhere; stderr is kept.
+    p = subprocess.Popen(q["argv"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=dict(os.environ, LC_ALL="C", LANG="C"))
+    try:
+        p.stdin.write(base64.b64decode(q.get("input", ""))); p.stdin.close()
+    except OSError:
+        pass
+    os.set_blocking(p.stderr.fileno(), False)
+    children[p.pid] = {"p": p, "err": b""}
+    return p.pid
+
+def drain(c):
+    try:
+        while True:
+            b = c["p"].stderr.read(65536)
+            if not b: break
+            c["err"] = (c["err"] + b)[-8192:]
+    except (BlockingIOError, ValueError, OSError):
+        pass
+
+def status(q):
+    c = children.get(q["pid"])
+    if c is None: return {"running": False, "exitCode": None, "stderr": "unknown process"}
+    drain(c)
+    rc = c["p"].poll()
+    out = {"running": rc is None, "exitCode": rc, "stderr": c["err"].decode("utf-8", "replace")}
+    if q.get("path"):
+        try: out["bytes"] = os.stat(q["path"]).st_size
+        except OSError: out["bytes"] = 0
+    if rc is not None:
+        children.pop(q["pid"], None)
+    return out
+
+def kill(q):
+    c = children.get(q["pid"])
+    if c is not None and c["p"].poll() is None:
+        c["p"].terminate()
+        try: c["p"].wait(5)
+        except subprocess.TimeoutExpired: c["p"].kill(); c["p"].wait()
+    children.pop(q["pid"], None)
+
+def reap_all():
+    for c in list(children.values()):
+        if c["p"].poll() is None:
+            c["p"].terminate()
+    for c in list(children.values()):
+        try: c["p"].wait(5)
+        except subprocess.TimeoutExpired: c["p"].kill()
+
+OPS = {"digest": digest, "direct_io": direct_io, "kill": kill, "mkdirp": mkdirp, "read_ranges": read_ranges, "read_text": text,
        "remove": remove, "rename": rename, "scan": scan, "stat": stat_one, "statfs": lambda q: fsusage(q["path"]),
-       "sync_file": sync_file, "touch": touch, "write_atomic": write_atomic}
+       "spawn": spawn, "status": status, "sync_file": sync_file, "touch": touch, "write_atomic": write_atomic}
 
 def attempt(path):
     if path in held: return None
@@ -266,13 +318,20 @@ def attempt(path):
         raise
     return f
 
+def on_term(signum, frame):
+    reap_all(); os._exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGHUP, on_term)
 reply({"ready": True, "pid": os.getpid()})
 buf = b""
 while True:
     r, _, _ = select.select([0], [], [], 0.05 if pending else None)
     if r:
         chunk = os.read(0, 1 << 16)
-        if not chunk: break
+        if not chunk:
+            # The connection is gone (or imgcache closed it): nothing we started may outlive it.
+            reap_all(); break
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)

@@ -1,6 +1,7 @@
 import type {Readable} from 'node:stream'
 
 import {execa} from 'execa'
+import {createHash} from 'node:crypto'
 import {createReadStream, createWriteStream} from 'node:fs'
 import {lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
@@ -41,6 +42,17 @@ export class LocalNode implements Node {
   async close(): Promise<void> {
     await this.lockClient?.close()
     this.lockClient = undefined
+  }
+
+  async digest(path: string, algorithm: string): Promise<string> {
+    const hash = createHash(algorithm)
+    try {
+      for await (const chunk of createReadStream(path, {highWaterMark: 1024 * 1024})) hash.update(chunk as Buffer)
+    } catch (error) {
+      throw fromErrno(error, 'cannot hash', path, {node: this.name})
+    }
+
+    return hash.digest('hex')
   }
 
   async lock(path: string, options: LockOptions): Promise<LockHandle> {

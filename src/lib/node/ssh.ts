@@ -16,6 +16,7 @@ import type {
   RunOptions,
   RunResult,
   ScanRequest,
+  UrlFetch,
   WriteFileOptions,
 } from './types.js'
 
@@ -42,6 +43,121 @@ function sshError(node: SshNode, stderr: string, doing: string): ImgcacheError {
       suggestions: failure.suggestions,
     },
   )
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms)
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer)
+        resolve()
+      },
+      {once: true},
+    )
+  })
+}
+
+/** curl as nova-compute's own download would fetch: fail on HTTP errors, follow redirects, abort a stall. */
+export function curlArgv(request: UrlFetch): string[] {
+  return [
+    'curl',
+    '--silent',
+    '--show-error',
+    '--fail',
+    '--location',
+    '--proto',
+    '=http,https',
+    '--header',
+    '@-',
+    '--speed-limit',
+    '1',
+    '--speed-time',
+    String(request.stallSeconds),
+    ...(request.resumeFrom ? ['--continue-at', String(request.resumeFrom)] : []),
+    '--output',
+    request.dest,
+    '--',
+    request.url,
+  ]
+}
+
+/** What a failed curl means, by its exit status (curl(1) EXIT CODES). */
+export function curlError(
+  node: {description: string; name: string},
+  request: UrlFetch,
+  exitCode: number,
+  stderr: string,
+): ImgcacheError {
+  const where = `${node.name}`
+  const host = (() => {
+    try {
+      return new URL(request.url).host
+    } catch {
+      return 'the image service'
+    }
+  })()
+  const said =
+    stderr
+      .trim()
+      .split('\n')
+      .at(-1)
+      ?.replace(/^curl: \(\d+\)\s*/, '') ?? ''
+  const make = (code: string, message: string, suggestions: string[]) =>
+    new ImgcacheError(code, `${where}: ${message}${said ? ` (curl: ${said})` : ''}`, {node: node.name, suggestions})
+  switch (exitCode) {
+    case 6:
+    case 7: {
+      return make('NODE_CANNOT_REACH_SOURCE', `the node cannot reach ${host}`, [
+        'Check the route from the node to the image service, or relay the bytes through imgcache: --via relay.',
+      ])
+    }
+
+    case 18:
+    case 52:
+    case 56: {
+      return make('TRANSFER_FAILED', `the download from ${host} was cut short`, [
+        'Run the same command again: it resumes the partial download.',
+      ])
+    }
+
+    case 22: {
+      return make('SOURCE_HTTP_ERROR', `${host} refused the download`, [
+        'Check that the image is active and the credentials may read it (--verbose shows where they come from).',
+      ])
+    }
+
+    case 23: {
+      return make('NO_SPACE', `cannot write ${request.dest} (disk full or not writable)`, [
+        'Free space in the cache dir on that node (imgcache prune) and try again.',
+      ])
+    }
+
+    case 28: {
+      return make('TRANSFER_STALLED', `the download from ${host} stalled for ${request.stallSeconds} s`, [
+        'Check the image service and the network between it and the node, then run again.',
+      ])
+    }
+
+    case 33: {
+      return make('RANGE_UNSUPPORTED', `${host} does not support resuming (HTTP Range)`, [
+        'The download starts over from the beginning.',
+      ])
+    }
+
+    case 127: {
+      return make('NODE_NO_CURL', 'curl is not installed on the node', [
+        'Install curl on the node, or relay the bytes through imgcache: --via relay.',
+      ])
+    }
+
+    default: {
+      return make('TRANSFER_FAILED', `curl exited with status ${exitCode}`, [
+        'Run the same command again; see the curl message for the cause.',
+      ])
+    }
+  }
 }
 
 /** Decode the base64 heads the agent sends into Buffers, in place. */
@@ -137,6 +253,46 @@ export class SshNode implements Node {
     return {exitCode: result.exitCode, stderr: result.stderr, stdout: result.stdout}
   }
 
+  async fetchUrl(
+    request: UrlFetch,
+    options: {onBytes?: (bytes: number) => void; signal?: AbortSignal} = {},
+  ): Promise<void> {
+    const agent = await this.agentClient()
+    const argv = curlArgv(request)
+    // Headers (the token among them) reach curl on its stdin: `--header @-`.
+    const input = Object.entries(request.headers)
+      .map(([k, v]) => `${k}: ${v}\n`)
+      .join('')
+    const pid = await agent.request<number>(
+      'spawn',
+      {argv, input: Buffer.from(input).toString('base64')},
+      'cannot start curl for',
+      request.dest,
+    )
+    let status: {bytes?: number; exitCode: null | number; running: boolean; stderr: string}
+    try {
+      for (;;) {
+        // eslint-disable-next-line no-await-in-loop
+        status = await agent.request(
+          'status',
+          {path: request.dest, pid},
+          'cannot watch the download into',
+          request.dest,
+        )
+        if (status.bytes !== undefined) options.onBytes?.(status.bytes)
+        if (!status.running) break
+        if (options.signal?.aborted) throw options.signal.reason
+        // eslint-disable-next-line no-await-in-loop
+        await sleep(750, options.signal)
+      }
+    } catch (error) {
+      await agent.request('kill', {pid}, 'cannot stop curl for', request.dest).catch(() => undefined)
+      throw error
+    }
+
+    if (status.exitCode !== 0) throw curlError(this, request, status.exitCode ?? -1, status.stderr)
+  }
+
   async lock(path: string, options: LockOptions): Promise<LockHandle> {
     return (await this.agentClient()).lock(path, options)
   }
@@ -199,6 +355,14 @@ export class SshNode implements Node {
 
   async rename(from: string, to: string): Promise<void> {
     await this.request('rename', {from, to}, `cannot rename ${from} to`, to)
+  }
+
+  /** Forget a connection that failed (the agent and its locks are gone with it): the next use reconnects. */
+  async reset(): Promise<void> {
+    const {agent} = this
+    this.agent = undefined
+    this.connected = undefined
+    await agent?.close().catch(() => undefined)
   }
 
   async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {

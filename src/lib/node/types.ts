@@ -139,6 +139,13 @@ export interface Node {
   close(): Promise<void>
   /** Human description for messages: `local` or `user@host:port`. No secrets. */
   readonly description: string
+  /** Digest of a file, computed where the file is. */
+  digest(path: string, algorithm: string): Promise<string>
+  /**
+   * Fetch a URL on the node itself (SSH nodes; the local host streams through imgcache instead).
+   * Reports the bytes in `dest` as they grow. The download dies with the connection.
+   */
+  fetchUrl?(request: UrlFetch, options: {onBytes?: (bytes: number) => void; signal?: AbortSignal}): Promise<void>
   /** Whether the node's `ensureDir` / file operations run on this machine. */
   readonly isLocal: boolean
   /** Take a nova-compatible lock: a POSIX fcntl write lock on `path`, held by a helper process. */
@@ -157,6 +164,8 @@ export interface Node {
   remove(path: string, options?: RemoveOptions): Promise<RemoveOutcome>
   /** Rename atomically and make the rename durable (fsync of the directory). */
   rename(from: string, to: string): Promise<void>
+  /** After a failed attempt: drop a broken connection so the next operation reconnects (SSH nodes). */
+  reset?(): Promise<void>
   /** Run an argv (no shell) on the node. */
   run(argv: string[], options?: RunOptions): Promise<RunResult>
   scan(request: ScanRequest): Promise<CacheScan>
@@ -171,6 +180,19 @@ export interface Node {
   touch(paths: string[]): Promise<void>
   /** Write a small file atomically (temp + fsync + rename). */
   writeFileAtomic(path: string, data: Buffer | string, mode?: number): Promise<void>
+}
+
+/** A download the node makes itself (curl), as nova-compute does. */
+export interface UrlFetch {
+  /** The file to write (a `.part`); appended to from `resumeFrom` when set. */
+  dest: string
+  /** Request headers: they reach curl on its stdin, never in an argv. */
+  headers: Record<string, string>
+  /** Continue an existing file from this offset (HTTP Range). */
+  resumeFrom?: number
+  /** Abort when fewer than 1 byte/s arrive for this many seconds. */
+  stallSeconds: number
+  url: string
 }
 
 export interface NodeFileSink {

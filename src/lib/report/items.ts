@@ -31,12 +31,17 @@ export function totalsLine(t: ItemTotals): string {
  * the failures' own code if they agree (4: every one refused for safety), else 1. Interrupted: 130
  * when nothing finished, 3 otherwise.
  */
-export function itemsExit(items: ItemResult[], interrupted: boolean): ExitCodeValue {
+export function itemsExit(
+  items: ItemResult[],
+  interrupted: boolean,
+  options: {nothingSucceeded?: ExitCodeValue} = {},
+): ExitCodeValue {
   const ok = items.filter((i) => i.status === 'cached' || i.status === 'existing').length
   const failed = items.length - ok
   if (interrupted) return ok > 0 ? ExitCode.Partial : ExitCode.Interrupted
   if (failed === 0) return ExitCode.Ok
   if (ok > 0) return ExitCode.Partial
+  if (options.nothingSucceeded !== undefined) return options.nothingSucceeded
   const codes = new Set(items.map((i) => i.exitCode ?? ExitCode.Failed))
   if (codes.size === 1) {
     const only = [...codes][0]

@@ -1,0 +1,519 @@
+import {execa, type ResultPromise} from 'execa'
+import {createHash} from 'node:crypto'
+import {mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import path from 'node:path'
+import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
+
+import {sha1} from '../fixtures/nova-host.js'
+import {BIN, type CliResult, runCli} from '../helpers/cli.js'
+import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
+import {type CorpusName, makeImageCorpus, seededRandom} from '../helpers/image-corpus.js'
+import {type ImageServer, startImageServer} from '../helpers/image-server.js'
+import {holdOsloLock, osloSees} from '../helpers/oslo-lock.js'
+
+// bin/run.js populate / overlay as an operator runs them: exit codes, --json, files on disk. One
+// glance-api for the file (its data dir is ours, so that it can be killed and started again), a
+// small HTTP server for slow downloads, and real oslo.concurrency locks.
+
+const MiB = 1024 * 1024
+let work: string
+let glanceDir: string
+let glance: GlanceHandle
+let server: ImageServer
+let config: string
+const aliases: Record<string, {checksum: string; diskFormat: string; id: string; url: string}> = {}
+
+interface Item {
+  bytes?: number
+  code?: string
+  converted?: boolean
+  downloadedBytes?: number
+  exitCode?: number
+  image: {id: string; name?: string; ref: string}
+  message?: string
+  path?: string
+  resumedFrom?: number
+  status: string
+}
+
+interface PopulateJson {
+  items: Item[]
+  totals: {cached: number; errors: number; existing: number}
+}
+
+interface ErrorJson {
+  error: {code: string; message: string; suggestions: string[]}
+  status: number
+}
+
+/** Bytes no format probe matches (zero head, then seeded noise that never repeats). */
+function payload(seed: number, size: number): Buffer {
+  const random = seededRandom(seed)
+  const buf = Buffer.alloc(size)
+  for (let i = 64 * 1024; i < size; i++) buf[i] = Math.floor(random() * 256)
+  return buf
+}
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
+
+async function writeConfig(): Promise<void> {
+  await writeFile(config, JSON.stringify({images: aliases, imageService: {endpoint: glance.url}}))
+}
+
+/** Serve `data` at /<name> and name it in the config (images: alias with url, checksum and id). */
+async function alias(name: string, data: Buffer, options: {ranges?: boolean; rate?: number} = {}): Promise<string> {
+  server.serve(`/${name}`, {data, ...options})
+  aliases[name] = {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', id: `id-${name}`, url: server.url(`/${name}`)}
+  await writeConfig()
+  return aliases[name].id
+}
+
+function instances(name: string) {
+  const root = path.join(work, name)
+  const cacheDir = path.join(root, '_base')
+  return {
+    cacheDir,
+    final: (id: string) => path.join(cacheDir, sha1(id)),
+    lock: (id: string) => path.join(root, 'locks', `nova-${sha1(id)}`),
+    lockDir: path.join(root, 'locks'),
+    part: (id: string) => path.join(cacheDir, `${sha1(id)}.part`),
+    root,
+  }
+}
+
+function cli(command: 'overlay' | 'populate', root: string, args: string[]): Promise<CliResult> {
+  return runCli([command, ...args, '--instances-path', root, '--config', config, '--json'])
+}
+
+/** The CLI as a process of its own group (what a terminal's Ctrl-C reaches), not awaited; killed when the test ends. */
+function spawnCli(root: string, args: string[], json = true): ResultPromise {
+  const child = execa(
+    'node',
+    [BIN, 'populate', ...args, '--instances-path', root, '--config', config, ...(json ? ['--json'] : [])],
+    {
+      detached: true,
+      env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
+      reject: false,
+    },
+  )
+  onTestFinished(() => {
+    child.kill('SIGKILL')
+  })
+  return child
+}
+
+function parse<T>(stdout: unknown): T {
+  return JSON.parse(String(stdout)) as T
+}
+
+async function contents(dir: string): Promise<string[]> {
+  return (await readdir(dir).catch(() => [] as string[])).sort()
+}
+
+async function exists(file: string): Promise<boolean> {
+  return stat(file).then(
+    () => true,
+    () => false,
+  )
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => {
+      setTimeout(resolve, 10)
+    })
+  }
+}
+
+async function sizeOf(file: string): Promise<number> {
+  return (await stat(file).catch(() => undefined))?.size ?? 0
+}
+
+async function glanceDownloads(id: string): Promise<number> {
+  const log = await readFile(path.join(glanceDir, 'glance-api.log'), 'utf8')
+  return log.split('\n').filter((line) => line.includes(`"GET /v2/images/${id}/file `)).length
+}
+
+async function qemuInfo(file: string): Promise<Record<string, unknown>> {
+  return JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', file])).stdout) as Record<string, unknown>
+}
+
+let corpusIds: Record<string, string>
+let qcow2: GlanceImageJson
+let raw: GlanceImageJson
+const rawContent = payload(11, 2 * MiB + 512)
+
+const UNSAFE: Array<{code: string; fragment: string; name: CorpusName}> = [
+  {code: 'IMAGE_UNSAFE', fragment: 'backing_file', name: 'qcow2-backing-file'},
+  {code: 'IMAGE_UNSAFE', fragment: 'external data file', name: 'qcow2-data-file'},
+  {code: 'IMAGE_UNSAFE', fragment: 'extended_l2', name: 'qcow2-extended-l2'},
+  {code: 'IMAGE_UNSAFE', fragment: 'QED images are never allowed', name: 'qed'},
+  {code: 'IMAGE_UNSAFE', fragment: '"monolithicFlat"', name: 'vmdk-monolithic-flat'},
+  {code: 'IMAGE_UNSAFE', fragment: '"twoGbMaxExtentSparse"', name: 'vmdk-two-gb-max-extent-sparse'},
+  {code: 'IMAGE_UNSAFE', fragment: 'Unsupported subformat', name: 'vmdk-extent-etc-hosts'},
+  {code: 'IMAGE_UNSAFE', fragment: 'Multiple formats detected', name: 'iso-with-qcow2-header'},
+  {code: 'FORMAT_MISMATCH', fragment: 'declared qcow2 but the content is raw', name: 'raw-declared-qcow2'},
+  {code: 'FORMAT_MISMATCH', fragment: 'declared raw but the content is qcow2', name: 'qcow2-declared-raw'},
+]
+const SAFE: CorpusName[] = [
+  'qcow2-v3',
+  'qcow2-v2',
+  'vmdk-monolithic-sparse',
+  'vmdk-stream-optimized',
+  'vhd',
+  'vhdx',
+  'vdi',
+  'raw',
+  'iso',
+  'gpt',
+]
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(tmpdir(), 'imgcache-e2e-populate-'))
+  glanceDir = path.join(work, 'glance')
+  config = path.join(work, 'imgcache.yaml')
+  let corpus: Awaited<ReturnType<typeof makeImageCorpus>>
+  ;[glance, server, corpus] = await Promise.all([
+    startGlance({dir: glanceDir}),
+    startImageServer(),
+    makeImageCorpus(path.join(work, 'corpus')),
+  ])
+  await writeConfig()
+  const qcow2File = path.join(work, 'content.qcow2')
+  await writeFile(path.join(work, 'content.raw'), payload(10, 3 * MiB))
+  await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', path.join(work, 'content.raw'), qcow2File])
+  const ids: Record<string, string> = {}
+  await Promise.all([
+    glance.uploadImage({diskFormat: 'qcow2', file: qcow2File, name: 'e2e-qcow2'}).then((image) => {
+      qcow2 = image
+    }),
+    glance.uploadImage({data: rawContent, diskFormat: 'raw', name: 'e2e-raw'}).then((image) => {
+      raw = image
+    }),
+    ...[...UNSAFE.map((u) => u.name), ...SAFE].map(async (name) => {
+      // Glance has no qed disk_format; the inspector refuses QED whatever it is declared as.
+      const declared = name === 'qed' ? 'qcow2' : corpus[name].declared
+      ids[name] = (await glance.uploadImage({diskFormat: declared, file: corpus[name].path, name})).id
+    }),
+  ])
+  corpusIds = ids
+})
+
+afterAll(async () => {
+  await server?.close()
+  await glance?.stop()
+  if (work) await rm(work, {force: true, recursive: true})
+})
+
+describe('imgcache populate', () => {
+  it('fetches a qcow2 from Glance by name into raw; existing (touched) on the next run; --force fetches again', async () => {
+    const host = instances('happy')
+    const first = await cli('populate', host.root, ['e2e-qcow2'])
+    expect(first.exitCode).toBe(0)
+    const report = parse<PopulateJson>(first.stdout)
+    expect(report.items).toMatchObject([
+      {
+        converted: true,
+        image: {id: qcow2.id, name: 'e2e-qcow2', ref: 'e2e-qcow2'},
+        path: host.final(qcow2.id),
+        status: 'cached',
+      },
+    ])
+    expect(report.totals).toMatchObject({cached: 1, errors: 0, existing: 0})
+    expect(await qemuInfo(host.final(qcow2.id))).toMatchObject({format: 'raw', 'virtual-size': 3 * MiB})
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(qcow2.id)])
+
+    const old = new Date(Date.now() - 3 * 86_400_000)
+    await utimes(host.final(qcow2.id), old, old)
+    const downloads = await glanceDownloads(qcow2.id)
+    const second = await cli('populate', host.root, [qcow2.id])
+    expect(second.exitCode).toBe(0)
+    expect(parse<PopulateJson>(second.stdout).items).toMatchObject([{downloadedBytes: 0, status: 'existing'}])
+    expect((await stat(host.final(qcow2.id))).mtimeMs).toBeGreaterThan(Date.now() - 60_000)
+    expect(await glanceDownloads(qcow2.id)).toBe(downloads)
+
+    const forced = await cli('populate', host.root, [qcow2.id, '--force'])
+    expect(forced.exitCode).toBe(0)
+    expect(parse<PopulateJson>(forced.stdout).items).toMatchObject([{downloadedBytes: qcow2.size, status: 'cached'}])
+    expect(await glanceDownloads(qcow2.id)).toBe(downloads + 1)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(qcow2.id)])
+  })
+
+  it('refuses every unsafe image of the corpus with its own reason (exit 4) and caches none of them', async () => {
+    const host = instances('unsafe')
+    const result = await cli(
+      'populate',
+      host.root,
+      UNSAFE.map((u) => corpusIds[u.name]!),
+    )
+    expect(result.exitCode).toBe(4)
+    const {items, totals} = parse<PopulateJson>(result.stdout)
+    expect(totals).toMatchObject({cached: 0, errors: UNSAFE.length, existing: 0})
+    for (const {code, fragment, name} of UNSAFE) {
+      const item = items.find((i) => i.image.id === corpusIds[name])
+      expect(item, name).toMatchObject({code, exitCode: 4, status: 'error'})
+      expect(item?.message, name).toContain(fragment)
+    }
+
+    expect(await contents(host.cacheDir)).toEqual([])
+  })
+
+  it('accepts every safe image of the corpus (exit 0)', async () => {
+    const host = instances('safe')
+    const result = await cli(
+      'populate',
+      host.root,
+      SAFE.map((name) => corpusIds[name]!),
+    )
+    expect(result.exitCode).toBe(0)
+    const {items, totals} = parse<PopulateJson>(result.stdout)
+    expect(totals).toMatchObject({cached: SAFE.length, errors: 0})
+    // Converted to raw unless they are raw to qemu already (raw, an ISO, a partitioned disk).
+    for (const name of SAFE) {
+      const item = items.find((i) => i.image.id === corpusIds[name])
+      expect(item, name).toMatchObject({converted: !['gpt', 'iso', 'raw'].includes(name), status: 'cached'})
+    }
+
+    const names = SAFE.map((name) => sha1(corpusIds[name]!))
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', ...names].sort())
+  })
+
+  it('resolves every image before touching the node: unknown, not active, one missing among several (exit 2)', async () => {
+    const host = instances('unresolved')
+    const unknown = await cli('populate', host.root, ['no-such-image', 'no-such-image-either'])
+    expect(unknown.exitCode).toBe(2)
+    const listed = parse<ErrorJson>(unknown.stdout).error
+    expect(listed.code).toBe('IMAGES_UNRESOLVED')
+    expect(listed.message).toMatch(/^2 of 2 images cannot be fetched:/)
+    expect(listed.message).toContain('"no-such-image"')
+    expect(listed.message).toContain('"no-such-image-either"')
+
+    const queued = await glance.createImage({name: 'e2e-queued'})
+    const notActive = await cli('populate', host.root, ['e2e-queued'])
+    expect(notActive.exitCode).toBe(2)
+    expect(parse<ErrorJson>(notActive.stdout).error).toMatchObject({
+      code: 'IMAGE_NOT_ACTIVE',
+      message: expect.stringContaining(`(${queued.id}) has no data yet (status queued`),
+    })
+
+    const downloads = [await glanceDownloads(raw.id), await glanceDownloads(qcow2.id)]
+    const several = await cli('populate', host.root, [raw.id, 'missing-one', 'e2e-qcow2'])
+    expect(several.exitCode).toBe(2)
+    expect(parse<ErrorJson>(several.stdout).error).toMatchObject({
+      code: 'IMAGE_NOT_FOUND',
+      message: expect.stringContaining('"missing-one"'),
+    })
+    expect([await glanceDownloads(raw.id), await glanceDownloads(qcow2.id)]).toEqual(downloads)
+    expect(await exists(host.root)).toBe(false)
+  })
+
+  it('after a SIGKILL mid-download only the .part is left, and the next run resumes it with a Range request', async () => {
+    const content = payload(12, 3 * MiB)
+    const id = await alias('killed', content, {rate: MiB})
+    const host = instances('killed')
+    const child = spawnCli(host.root, ['killed'])
+    await until('the .part to grow', async () => (await sizeOf(host.part(id))) >= 256 * 1024)
+    child.kill('SIGKILL')
+    await child
+    const kept = await sizeOf(host.part(id))
+    expect(kept).toBeGreaterThan(0)
+    expect(kept).toBeLessThan(content.length)
+    expect(await exists(host.final(id))).toBe(false)
+    // The lock dies with the process that held it (its helper sees its stdin close).
+    await until('the lock to be free', async () => (await osloSees(host.lock(id))) === 'FREE', 5000)
+
+    server.serve('/killed', {data: content})
+    const again = await cli('populate', host.root, ['killed'])
+    expect(again.exitCode).toBe(0)
+    expect(parse<PopulateJson>(again.stdout).items).toMatchObject([
+      {downloadedBytes: content.length - kept, resumedFrom: kept, status: 'cached'},
+    ])
+    expect(server.gets('/killed').at(-1)).toMatchObject({range: `bytes=${kept}-`, status: 206})
+    expect((await readFile(host.final(id))).equals(content)).toBe(true)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
+  })
+
+  it('starts over, and still verifies, when the server ignores the Range request', async () => {
+    const content = payload(13, 3 * MiB)
+    const id = await alias('no-range', content, {ranges: false, rate: MiB})
+    const host = instances('no-range')
+    const child = spawnCli(host.root, ['no-range'])
+    await until('the .part to grow', async () => (await sizeOf(host.part(id))) >= 256 * 1024)
+    child.kill('SIGKILL')
+    await child
+    const kept = await sizeOf(host.part(id))
+
+    server.serve('/no-range', {data: content, ranges: false})
+    const again = await cli('populate', host.root, ['no-range'])
+    expect(again.exitCode).toBe(0)
+    const [item] = parse<PopulateJson>(again.stdout).items
+    expect(item).toMatchObject({downloadedBytes: content.length, status: 'cached'})
+    expect(item?.resumedFrom).toBeUndefined()
+    expect(server.gets('/no-range').at(-1)).toMatchObject({range: `bytes=${kept}-`, status: 200})
+    expect((await readFile(host.final(id))).equals(content)).toBe(true)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
+  })
+
+  it('on Ctrl-C (SIGINT) mid-download exits 130, removes the .part and releases the lock', async () => {
+    const content = payload(14, 3 * MiB)
+    const id = await alias('interrupted', content, {rate: MiB})
+    const host = instances('interrupted')
+    const child = spawnCli(host.root, ['interrupted'])
+    await until('the .part to grow', async () => (await sizeOf(host.part(id))) >= 256 * 1024)
+    expect(await osloSees(host.lock(id))).toBe('BUSY')
+    process.kill(-child.pid!, 'SIGINT')
+    const result = await child
+    expect(result.exitCode).toBe(130)
+    expect(parse<PopulateJson>(result.stdout).items).toMatchObject([{code: 'INTERRUPTED', status: 'error'}])
+    expect(await contents(host.cacheDir)).toEqual([])
+    expect(await osloSees(host.lock(id))).toBe('FREE')
+  })
+
+  it('two populates of the same image at once: one download, one cached and one existing, both exit 0', async () => {
+    const content = payload(15, 2 * MiB)
+    const id = await alias('twice', content, {rate: MiB})
+    const host = instances('twice')
+    const results = await Promise.all([spawnCli(host.root, ['twice']), spawnCli(host.root, ['twice'])])
+    expect(results.map((r) => r.exitCode)).toEqual([0, 0])
+    const statuses = results.map((r) => parse<PopulateJson>(r.stdout).items[0]?.status).sort()
+    expect(statuses).toEqual(['cached', 'existing'])
+    expect(server.gets('/twice')).toHaveLength(1)
+    expect((await readFile(host.final(id))).equals(content)).toBe(true)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
+  })
+
+  it('waits for nova-compute (a real oslo.concurrency lock) and fetches once it lets go; LOCK_BUSY after --lock-timeout', async () => {
+    const host = instances('oslo')
+    await mkdir(host.lockDir, {recursive: true})
+    const holder = await holdOsloLock(host.lockDir, sha1(raw.id))
+    onTestFinished(() => holder.kill())
+    const child = spawnCli(host.root, [raw.id, '--lock-timeout', '60'], false)
+    let stderr = ''
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString()
+    })
+    await until('populate to wait for the lock', async () => stderr.includes('waiting-for-lock'))
+    await new Promise((resolve) => {
+      setTimeout(resolve, 500)
+    })
+    expect(child.exitCode).toBeNull()
+    expect(await contents(host.cacheDir)).toEqual([])
+    await holder.release()
+    const waited = await child
+    expect(waited.exitCode).toBe(0)
+    expect(String(waited.stdout)).toMatch(/local\s+e2e-raw\s+cached/)
+    expect((await readFile(host.final(raw.id))).equals(rawContent)).toBe(true)
+
+    const busy = instances('oslo-busy')
+    await mkdir(busy.lockDir, {recursive: true})
+    const again = await holdOsloLock(busy.lockDir, sha1(raw.id))
+    try {
+      const result = await cli('populate', busy.root, [raw.id, '--lock-timeout', '1'])
+      expect(result.exitCode).toBe(1)
+      const [item] = parse<PopulateJson>(result.stdout).items
+      expect(item).toMatchObject({code: 'LOCK_BUSY', status: 'error'})
+      expect(item?.message).toContain(`${busy.lock(raw.id)} is locked by another process`)
+      expect(await contents(busy.cacheDir)).toEqual([])
+    } finally {
+      await again.release()
+    }
+  })
+})
+
+describe('imgcache overlay', () => {
+  it('creates a qcow2 over the absolute base path (backing_fmt raw) with --size', async () => {
+    const host = instances('overlay')
+    await mkdir(path.join(host.root, 'vm-1'), {recursive: true})
+    const dest = path.join(host.root, 'vm-1', 'disk')
+    const result = await cli('overlay', host.root, ['e2e-raw', dest, '--size', '64M'])
+    expect(result.exitCode).toBe(0)
+    expect(parse<{base: {status: string}; overlay: Record<string, unknown>}>(result.stdout)).toMatchObject({
+      base: {status: 'cached'},
+      overlay: {backingFile: host.final(raw.id), backingFormat: 'raw', path: dest, virtualSize: 64 * MiB},
+    })
+    expect(await qemuInfo(dest)).toMatchObject({
+      'backing-filename': host.final(raw.id),
+      'backing-filename-format': 'raw',
+      format: 'qcow2',
+      'virtual-size': 64 * MiB,
+    })
+  })
+
+  it('never overwrites DEST and never makes a disk smaller than the image (exit 2)', async () => {
+    const host = instances('overlay-usage')
+    await mkdir(path.join(host.root, 'vm-1'), {recursive: true})
+    const taken = path.join(host.root, 'vm-1', 'disk')
+    await writeFile(taken, 'an instance disk in use')
+    const before = await stat(taken)
+    const exists1 = await cli('overlay', host.root, ['e2e-raw', taken])
+    expect(exists1.exitCode).toBe(2)
+    expect(parse<ErrorJson>(exists1.stdout).error).toMatchObject({code: 'DEST_EXISTS'})
+    expect(await readFile(taken, 'utf8')).toBe('an instance disk in use')
+    expect((await stat(taken)).mtimeMs).toBe(before.mtimeMs)
+
+    const small = path.join(host.root, 'vm-1', 'small')
+    const tooSmall = await cli('overlay', host.root, ['e2e-raw', small, '--size', '1M'])
+    expect(tooSmall.exitCode).toBe(2)
+    expect(parse<ErrorJson>(tooSmall.stdout).error).toMatchObject({
+      code: 'OVERLAY_TOO_SMALL',
+      message: expect.stringContaining(`virtual size 2.0 MiB (${rawContent.length} bytes)`),
+    })
+    expect(await exists(small)).toBe(false)
+  })
+
+  it('refuses a cached base that became unsafe (a qcow2 with a backing file now): exit 4, no overlay', async () => {
+    const host = instances('overlay-unsafe')
+    expect((await cli('populate', host.root, ['e2e-raw'])).exitCode).toBe(0)
+    await rm(host.final(raw.id))
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', '/etc/hosts', '-F', 'raw', host.final(raw.id)])
+    await mkdir(path.join(host.root, 'vm-1'), {recursive: true})
+    const dest = path.join(host.root, 'vm-1', 'disk')
+    const result = await cli('overlay', host.root, ['e2e-raw', dest])
+    expect(result.exitCode).toBe(4)
+    expect(parse<ErrorJson>(result.stdout).error).toMatchObject({
+      code: 'BASE_UNSAFE',
+      message: expect.stringContaining('backing file'),
+    })
+    expect(await exists(dest)).toBe(false)
+  })
+})
+
+describe('glance-api killed mid-transfer', () => {
+  it('fails naming the transfer (exit 1), removes the temporaries and releases the lock; works once Glance is back', async () => {
+    const content = payload(16, 8 * MiB)
+    const image = await glance.uploadImage({data: content, diskFormat: 'raw', name: 'e2e-fifo'})
+    // Glance's file store reads the image file as it sends it: a FIFO in its place lets the test
+    // decide how far the transfer gets before glance-api is killed.
+    const stored = path.join(glanceDir, 'images', image.id)
+    await rename(stored, `${stored}.kept`)
+    await execa('mkfifo', [stored])
+    const host = instances('glance-killed')
+    const child = spawnCli(host.root, ['e2e-fifo'])
+    const fifo = await open(stored, 'w')
+    await fifo.write(content.subarray(0, 3 * MiB)).catch(() => undefined)
+    await until('the .part to grow', async () => (await sizeOf(host.part(image.id))) >= 2 * MiB)
+    glance.kill('SIGKILL')
+    await fifo.close().catch(() => undefined)
+    const result = await child
+    expect(result.exitCode).toBe(1)
+    const [item] = parse<PopulateJson>(result.stdout).items
+    expect(item).toMatchObject({code: 'IMAGE_TRANSFER_FAILED', status: 'error'})
+    expect(item?.message).toContain(`downloading image e2e-fifo (${image.id}) failed`)
+    expect(item?.message).toContain(`Glance at ${glance.url}`)
+    expect(await contents(host.cacheDir)).toEqual([])
+    expect(await osloSees(host.lock(image.id))).toBe('FREE')
+
+    await glance.stop()
+    await rm(stored)
+    await rename(`${stored}.kept`, stored)
+    glance = await startGlance({dir: glanceDir})
+    await writeConfig()
+    const again = await cli('populate', host.root, ['e2e-fifo'])
+    expect(again.exitCode).toBe(0)
+    expect(parse<PopulateJson>(again.stdout).items).toMatchObject([{status: 'cached'}])
+    expect((await readFile(host.final(image.id))).equals(content)).toBe(true)
+  })
+})
