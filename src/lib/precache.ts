@@ -1,0 +1,378 @@
+import pLimit from 'p-limit'
+
+import type {ImgcacheConfig} from './config/schema.js'
+import type {CacheSettings} from './config/settings.js'
+import type {EventListener} from './events.js'
+import type {Transfer} from './fetch/transfer.js'
+import type {ResolvedImage} from './images.js'
+import type {Node} from './node/types.js'
+import type {NodeSpec} from './nodes.js'
+
+import {formatDuration} from './duration.js'
+import {describeError, ImgcacheError} from './errors.js'
+import {ExitCode} from './exit-codes.js'
+import {fetchIntoCache} from './fetch/pipeline.js'
+import {SpoolSet} from './fetch/spool.js'
+import {nodeFetchTransfer, relayTransfer, streamTransfer} from './fetch/transfer.js'
+import {expectedHash} from './image-source/checksum.js'
+import {SshNodeFactory} from './node/ssh-factory.js'
+import {isUnreachable} from './node/ssh.js'
+import {createNode} from './nodes.js'
+import {itemFromError, itemFromResult, type ItemResult} from './populate.js'
+
+export type Via = 'node' | 'relay'
+
+export interface PrecacheOptions {
+  allowUnverified: boolean
+  /** Per (node, image) attempt. */
+  attemptTimeoutMs: number
+  concurrency: number
+  /** Overall deadline for the whole run. */
+  deadlineMs?: number
+  force: boolean
+  lockTimeoutMs: number
+  onEvent?: EventListener
+  /** Retries after a failed attempt (exponential back-off from 1 s, at most 30 s). */
+  retries: number
+  signal?: AbortSignal
+  /** Where relay spools go (the operator's machine). */
+  spoolDir: string
+  /** A relayed node that reads nothing for this long is cut off. */
+  stallMs: number
+  via: Via
+}
+
+export interface NodeSummary {
+  attempts: number
+  message?: string
+  node: string
+  status: 'done' | 'failed' | 'skipped'
+}
+
+export interface PrecacheRun {
+  durationMs: number
+  items: ItemResult[]
+  nodes: NodeSummary[]
+  /** Relay: how many times the origin was read (once per image unless a read failed). */
+  originReads?: number
+}
+
+/** Errors worth another attempt: the network, a dropped connection, a timeout. Not: safety, usage, a full disk. */
+export function isRetryable(error: unknown): boolean {
+  if (!(error instanceof ImgcacheError)) return true
+  if (
+    error.exitCode === ExitCode.Refused ||
+    error.exitCode === ExitCode.Usage ||
+    error.exitCode === ExitCode.Interrupted
+  )
+    return false
+  return !new Set([
+    'ATTEMPT_ABANDONED',
+    'CACHE_ENTRY_UNSOUND',
+    'DEADLINE',
+    'HASH_MISMATCH',
+    'INTERRUPTED',
+    'NO_SPACE',
+    'NODE_NO_CURL',
+    'NODE_NO_PYTHON',
+    'QEMU_ENOSPC',
+    'SIZE_MISMATCH',
+    'SSH_AUTH',
+    'SSH_HOST_KEY_CHANGED',
+    'SSH_HOST_KEY_UNKNOWN',
+  ]).has(error.code)
+}
+
+export function backoffMs(attempt: number): number {
+  return Math.min(30_000, 1000 * 2 ** attempt)
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms)
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer)
+        resolve()
+      },
+      {once: true},
+    )
+  })
+}
+
+/**
+ * Pre-cache images on every node of an aggregate (DESIGN §7): a sliding window of `concurrency`
+ * nodes, images one after another per node, each (node, image) attempt bounded in time and retried
+ * with back-off, the whole run bounded by a deadline. Every pair ends `cached`, `existing`, `error`
+ * (with a reason and a next step) or `skipped` (node unreachable), as in Nova's per-compute results.
+ */
+export async function precache(
+  specs: NodeSpec[],
+  images: ResolvedImage[],
+  config: ImgcacheConfig,
+  settingsFor: (node: Node, spec: NodeSpec) => Promise<CacheSettings>,
+  options: PrecacheOptions,
+): Promise<PrecacheRun> {
+  const started = Date.now()
+  const emit = options.onEvent ?? (() => {})
+  const deadline = new AbortController()
+  const deadlineTimer =
+    options.deadlineMs === undefined
+      ? undefined
+      : setTimeout(
+          () =>
+            deadline.abort(
+              new ImgcacheError(
+                'DEADLINE',
+                `the run's deadline (${formatDuration(options.deadlineMs! / 1000)}) passed before this finished`,
+                {
+                  suggestions: ['Run again (finished images are kept), or give a longer --deadline.'],
+                },
+              ),
+            ),
+          options.deadlineMs,
+        )
+  const run = options.signal ? AbortSignal.any([options.signal, deadline.signal]) : deadline.signal
+  const ssh = new SshNodeFactory(config)
+  const spools = new SpoolSet(options.spoolDir, run)
+  const limit = pLimit(options.concurrency)
+  for (const spec of specs) emit({node: spec.name, state: 'queued', type: 'node'})
+  try {
+    const perNode = await Promise.all(
+      specs.map((spec) =>
+        limit(async () => {
+          const node = createNode(spec, ssh)
+          try {
+            return await precacheNode(node, spec, images, settingsFor, spools, run, options)
+          } finally {
+            await node.close().catch(() => undefined)
+          }
+        }),
+      ),
+    )
+    return {
+      durationMs: Date.now() - started,
+      items: perNode.flatMap((n) => n.items),
+      nodes: perNode.map((n) => n.summary),
+      originReads: options.via === 'relay' ? spools.originReads() : undefined,
+    }
+  } finally {
+    clearTimeout(deadlineTimer)
+    await spools.dispose()
+    ssh.dispose()
+  }
+}
+
+async function precacheNode(
+  node: Node,
+  spec: NodeSpec,
+  images: ResolvedImage[],
+  settingsFor: (node: Node, spec: NodeSpec) => Promise<CacheSettings>,
+  spools: SpoolSet,
+  run: AbortSignal,
+  options: PrecacheOptions,
+): Promise<{items: ItemResult[]; summary: NodeSummary}> {
+  const emit = options.onEvent ?? (() => {})
+  const fail = (status: 'error' | 'skipped', error: unknown, attempts: number) => {
+    const items = images.map((image) => ({...itemFromError(image, node.name, error), status}))
+    for (const item of items)
+      emit({image: item.image.id, message: item.message, node: node.name, state: status, type: 'item'})
+    emit({
+      message: describeError(error),
+      node: node.name,
+      state: status === 'skipped' ? 'skipped' : 'failed',
+      type: 'node',
+    })
+    return {
+      items,
+      summary: {
+        attempts,
+        message: describeError(error),
+        node: node.name,
+        status: status === 'skipped' ? ('skipped' as const) : ('failed' as const),
+      },
+    }
+  }
+
+  if (run.aborted) return fail('error', run.reason, 0)
+  emit({node: node.name, state: 'running', type: 'node'})
+  // Reach the node (and read its nova.conf): an unreachable node is skipped, as Nova skips hosts that are down.
+  let settings: CacheSettings | undefined
+  let attempts = 0
+  for (let attempt = 0; ; attempt++) {
+    attempts++
+    try {
+      // eslint-disable-next-line no-await-in-loop
+      settings = await withTimeout(options.attemptTimeoutMs, run, `reaching ${node.name}`, () =>
+        settingsFor(node, spec),
+      )
+      break
+    } catch (error) {
+      if (attempt >= options.retries || !isRetryable(error) || run.aborted) {
+        return fail(isUnreachable(error) ? 'skipped' : 'error', error, attempts)
+      }
+
+      emit({
+        message: `${describeError(error)}; retrying in ${formatDuration(backoffMs(attempt) / 1000)}`,
+        node: node.name,
+        state: 'retrying',
+        type: 'node',
+      })
+      // eslint-disable-next-line no-await-in-loop
+      await node.reset?.()
+      // eslint-disable-next-line no-await-in-loop
+      await sleep(backoffMs(attempt), run)
+    }
+  }
+
+  const items: ItemResult[] = []
+  for (const image of images) emit({image: image.record.id, node: node.name, state: 'queued', type: 'item'})
+  for (const image of images) {
+    const {id} = image.record
+    if (run.aborted) {
+      const item = itemFromError(image, node.name, run.reason)
+      emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
+      items.push(item)
+      continue
+    }
+
+    emit({image: id, node: node.name, state: 'running', type: 'item'})
+    for (let attempt = 0; ; attempt++) {
+      attempts++
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        const result = await withTimeout(
+          options.attemptTimeoutMs,
+          run,
+          `fetching image ${image.record.name ?? id} on ${node.name}`,
+          (signal) =>
+            fetchIntoCache(
+              {image: image.record, node, settings: settings!, source: image.source},
+              {
+                allowUnverified: options.allowUnverified,
+                force: options.force,
+                lockTimeoutMs: options.lockTimeoutMs,
+                onProgress: (p) =>
+                  emit({bytes: p.bytes, image: id, node: node.name, phase: p.phase, total: p.total, type: 'progress'}),
+                signal,
+                transfer: transferFor(node, image, settings!, spools, options, signal),
+              },
+            ),
+        )
+        emit({image: id, node: node.name, state: result.status, type: 'item'})
+        items.push(itemFromResult(image, result))
+        break
+      } catch (error) {
+        if (attempt >= options.retries || !isRetryable(error) || run.aborted) {
+          const item = itemFromError(image, node.name, error)
+          emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
+          items.push(item)
+          break
+        }
+
+        emit({
+          image: id,
+          message: `${describeError(error)}; retrying in ${formatDuration(backoffMs(attempt) / 1000)}`,
+          node: node.name,
+          state: 'running',
+          type: 'item',
+        })
+        // eslint-disable-next-line no-await-in-loop
+        await node.reset?.()
+        // eslint-disable-next-line no-await-in-loop
+        await sleep(backoffMs(attempt), run)
+      }
+    }
+  }
+
+  const failed = items.filter((i) => i.status === 'error').length
+  emit({
+    message: failed > 0 ? `${failed} of ${items.length} failed` : undefined,
+    node: node.name,
+    state: failed > 0 ? 'failed' : 'done',
+    type: 'node',
+  })
+  return {items, summary: {attempts, node: node.name, status: failed > 0 ? 'failed' : 'done'}}
+}
+
+function transferFor(
+  node: Node,
+  image: ResolvedImage,
+  settings: CacheSettings,
+  spools: SpoolSet,
+  options: PrecacheOptions,
+  signal: AbortSignal,
+): Transfer {
+  if (options.via === 'relay') {
+    const spool = spools.get(
+      image.record,
+      () => image.source.open(image.record, {signal: spools.signal}),
+      expectedHash(image.record),
+      settings.vmdkAllowedTypes,
+    )
+    return relayTransfer(spool, options.stallMs)
+  }
+
+  if (!node.isLocal && node.fetchUrl) return nodeFetchTransfer(image.source)
+  return streamTransfer((offset, s) => image.source.open(image.record, {offset, signal: s ?? signal}))
+}
+
+/** Grace given to an aborted attempt to remove its temporaries and release its lock. */
+const ABORT_GRACE_MS = 20_000
+
+/**
+ * Run `fn` with a signal that aborts after `ms` (an ImgcacheError saying what timed out) or with
+ * `outer`. `fn` is awaited after the abort so that its clean-up finishes before a retry starts; if it
+ * does not settle within a grace period it is abandoned and the error is not retried.
+ */
+async function withTimeout<T>(
+  ms: number,
+  outer: AbortSignal,
+  what: string,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const controller = new AbortController()
+  const timer = setTimeout(
+    () =>
+      controller.abort(
+        new ImgcacheError('ATTEMPT_TIMEOUT', `${what} did not finish within ${formatDuration(ms / 1000)}`, {
+          suggestions: ['Check the node and the network; raise --attempt-timeout for very large images on slow links.'],
+        }),
+      ),
+    ms,
+  )
+  const signal = AbortSignal.any([outer, controller.signal])
+  let grace: NodeJS.Timeout | undefined
+  const abandoned = new Promise<never>((_, reject) => {
+    const onAbort = () => {
+      grace = setTimeout(() => {
+        const reason = signal.reason instanceof ImgcacheError ? signal.reason : undefined
+        reject(
+          new ImgcacheError(
+            'ATTEMPT_ABANDONED',
+            `${reason?.message ?? `${what} was stopped`}, and did not stop within ${ABORT_GRACE_MS / 1000} s`,
+            {
+              suggestions: ['The node may still hold a partial download; a later populate or prune cleans it up.'],
+            },
+          ),
+        )
+      }, ABORT_GRACE_MS)
+    }
+
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, {once: true})
+  })
+  abandoned.catch(() => undefined)
+  try {
+    return await Promise.race([fn(signal), abandoned])
+  } catch (error) {
+    // A timeout surfaces as whatever the work threw when it saw the abort: report the timeout.
+    if (controller.signal.aborted && !(error instanceof ImgcacheError && error.code === 'ATTEMPT_ABANDONED'))
+      throw controller.signal.reason
+    throw error
+  } finally {
+    clearTimeout(timer)
+    clearTimeout(grace)
+  }
+}
