@@ -1,8 +1,9 @@
 /**
- * The main job on an embedded default: builds throwaway Nova-like compute hosts on this machine
+ * The main job on an embedded default: builds three throwaway Nova-like compute hosts on this machine
  * (bases of various ages, instance overlays made with qemu-img, a stale download, a stray file),
  * a local image source (qcow2 and raw images, declared with checksums in a config file), and runs
- * imgcache on them as an operator would: populate, overlay, inspect, prune --dry-run, prune.
+ * imgcache on them as an operator would: precache over an aggregate of the three local hosts, overlay,
+ * inspect, prune --dry-run, prune.
  * Usage: npm run demo [-- --keep]   (--keep leaves the demo directory for a look around)
  */
 import {execa} from 'execa'
@@ -65,12 +66,20 @@ async function main(): Promise<void> {
         {dir: '9e2d4b7a-3c5f-4d61-a2b8-7c1e5f9d0a22', disks: [{backing: sha1('image-of-running-vms'), relative: true}]},
       ],
     })
+    // Two more compute hosts of the same aggregate, with nothing cached yet.
+    const second = await makeNovaHost(join(root, 'cmp-2'), {})
+    const third = await makeNovaHost(join(root, 'cmp-3'), {})
     const config = join(root, 'imgcache.yaml')
     await writeFile(
       config,
       [
-        `# Written by the demo: a local image source and this throwaway host.`,
-        `defaults: {instancesPath: ${host.instancesPath}}`,
+        `# Written by the demo: a local image source and three throwaway compute hosts on this machine.`,
+        `nodes:`,
+        `  cmp-1: {local: true, instancesPath: ${host.instancesPath}}`,
+        `  cmp-2: {local: true, instancesPath: ${second.instancesPath}}`,
+        `  cmp-3: {local: true, instancesPath: ${third.instancesPath}}`,
+        `aggregates:`,
+        `  demo: {nodes: [cmp-1, cmp-2, cmp-3], images: [cirros, debian]}`,
         `images:`,
         `  cirros: {id: ${ids.cirros}, path: ${cirros}, diskFormat: qcow2, checksum: "sha256:${await sha256(cirros)}"}`,
         `  debian: {id: ${ids.debian}, path: ${debian}, diskFormat: raw, checksum: "sha256:${await sha256(debian)}"}`,
@@ -83,20 +92,32 @@ async function main(): Promise<void> {
     await mkdir(newVm, {recursive: true})
     const failures = [
       await step(
-        'Fetch two images into the cache (streamed, verified, converted to raw)',
-        ['populate', 'cirros', 'debian'],
+        "Pre-cache the aggregate's images on its three hosts (streamed, verified, converted to raw)",
+        ['precache', '--aggregate', 'demo'],
         config,
       ),
-      await step('Fetch again: already cached and sound, only touched', ['populate', 'cirros'], config),
       await step(
-        'A new instance disk: a qcow2 overlay on the cached base',
-        ['overlay', 'cirros', join(newVm, 'disk'), '--size', '1G'],
+        'Again: already cached and sound on every host, only touched',
+        ['precache', '--aggregate', 'demo'],
         config,
       ),
-      await step('What is cached, who uses it, what prune would do', ['inspect', ...noXml], config),
-      await step('What prune would remove (changes nothing)', ['prune', '--dry-run', ...noXml], config),
-      await step("Prune with Nova's rules", ['prune', ...noXml], config),
-      await step('The cache afterwards', ['inspect', ...noXml], config),
+      await step(
+        'A new instance disk on cmp-1: a qcow2 overlay on the cached base',
+        ['overlay', 'cirros', join(newVm, 'disk'), '--size', '1G', '--node', 'cmp-1'],
+        config,
+      ),
+      await step(
+        'What is cached on each host, who uses it, what prune would do',
+        ['inspect', '--aggregate', 'demo', ...noXml],
+        config,
+      ),
+      await step(
+        'What prune would remove across the aggregate (changes nothing)',
+        ['prune', '--dry-run', '--aggregate', 'demo', ...noXml],
+        config,
+      ),
+      await step("Prune cmp-1 with Nova's rules", ['prune', '--node', 'cmp-1', ...noXml], config),
+      await step('cmp-1 afterwards', ['inspect', '--node', 'cmp-1', ...noXml], config),
     ].filter((code) => code !== 0)
     if (failures.length > 0) {
       process.stdout.write(`\ndemo: ${failures.length} step(s) failed\n`)
