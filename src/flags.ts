@@ -1,5 +1,8 @@
 import {Flags} from '@oclif/core'
 
+import type {ImgcacheConfig} from './lib/config/schema.js'
+import type {CacheOverrides} from './lib/config/settings.js'
+
 import {parseDuration} from './lib/duration.js'
 
 /** A duration flag: seconds, or `90s`, `45m`, `24h`, `1h30m`. Parsed to seconds at parse time. */
@@ -93,4 +96,25 @@ export const fetchFlags = {
     description: 'How long to wait for nova-compute or another imgcache fetching the same image.',
     helpGroup: 'FETCH',
   }),
+}
+
+/** The cache-location flags as settings overrides (flag > config > nova.conf > default). */
+export function cacheOverrides(flags: {
+  'cache-dir'?: string
+  'instances-path'?: string
+  'nova-conf'?: string
+}): CacheOverrides {
+  return {cacheDir: flags['cache-dir'], instancesPath: flags['instances-path'], novaConf: flags['nova-conf']}
+}
+
+/** The fetch flags as the options every fetch takes, with the config's defaults. */
+export function fetchOptions(
+  flags: {'allow-unverified': boolean; force: boolean; 'lock-timeout'?: number},
+  config: ImgcacheConfig,
+): {allowUnverified: boolean; force: boolean; lockTimeoutMs: number} {
+  return {
+    allowUnverified: flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
+    force: flags.force,
+    lockTimeoutMs: (flags['lock-timeout'] ?? 900) * 1000,
+  }
 }

@@ -1,5 +1,5 @@
 import {BaseCommand, withExitCodes} from '../base-command.js'
-import {cacheFlags, nodeFlags} from '../flags.js'
+import {cacheFlags, cacheOverrides, nodeFlags} from '../flags.js'
 import {analyzeNode} from '../lib/analysis.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
 import {ExitCode} from '../lib/exit-codes.js'
@@ -44,11 +44,7 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
       specs,
       {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
       async (node, spec) => {
-        const settings = await resolveCacheSettings(node, config, spec.config, {
-          cacheDir: this.flags['cache-dir'],
-          instancesPath: this.flags['instances-path'],
-          novaConf: this.flags['nova-conf'],
-        })
+        const settings = await resolveCacheSettings(node, config, spec.config, cacheOverrides(this.flags))
         const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})
         return buildInspectResult(analysis)
       },

@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 import {resolve} from 'node:path'
 
 import {BaseCommand, withExitCodes} from '../base-command.js'
-import {cacheFlags, fetchFlags} from '../flags.js'
+import {cacheFlags, cacheOverrides, fetchFlags, fetchOptions} from '../flags.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
 import {parseSize} from '../lib/duration.js'
 import {UsageError} from '../lib/errors.js'
@@ -70,15 +70,9 @@ overlay never overwrites DEST and never makes a disk smaller than the image.`,
       specs,
       {concurrency: 1, config, signal: this.interrupt.signal},
       async (node, spec) => {
-        const settings = await resolveCacheSettings(node, config, spec.config, {
-          cacheDir: this.flags['cache-dir'],
-          instancesPath: this.flags['instances-path'],
-          novaConf: this.flags['nova-conf'],
-        })
+        const settings = await resolveCacheSettings(node, config, spec.config, cacheOverrides(this.flags))
         return createOverlay(node, settings, image!, dest, {
-          allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
-          force: this.flags.force,
-          lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
+          ...fetchOptions(this.flags, config),
           signal: this.interrupt.signal,
           size,
         })

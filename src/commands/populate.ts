@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, withExitCodes} from '../base-command.js'
-import {cacheFlags, fetchFlags, nodeFlags} from '../flags.js'
+import {cacheFlags, cacheOverrides, fetchFlags, fetchOptions, nodeFlags} from '../flags.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
 import {forEachNode} from '../lib/fleet.js'
 import {resolveImages} from '../lib/images.js'
@@ -85,16 +85,10 @@ populate never leaves a half-written file at a cache name, never runs qemu-img o
       {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
       async (node, spec) => {
         view.onEvent({node: node.name, state: 'running', type: 'node'})
-        const settings = await resolveCacheSettings(node, config, spec.config, {
-          cacheDir: this.flags['cache-dir'],
-          instancesPath: this.flags['instances-path'],
-          novaConf: this.flags['nova-conf'],
-        })
+        const settings = await resolveCacheSettings(node, config, spec.config, cacheOverrides(this.flags))
         const items = await populateNode(node, settings, images, {
-          allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
-          force: this.flags.force,
+          ...fetchOptions(this.flags, config),
           imageConcurrency: this.flags['image-concurrency'],
-          lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
           onEvent: (e) => view.onEvent(e),
           signal: this.interrupt.signal,
         })

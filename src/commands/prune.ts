@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand, withExitCodes} from '../base-command.js'
-import {cacheFlags, durationFlag, lockTimeoutFlag, nodeFlags} from '../flags.js'
+import {cacheFlags, cacheOverrides, durationFlag, lockTimeoutFlag, nodeFlags} from '../flags.js'
 import {analyzeNode} from '../lib/analysis.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
 import {ExitCode} from '../lib/exit-codes.js'
@@ -71,10 +71,8 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
       {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
       async (node, spec) => {
         const settings = await resolveCacheSettings(node, config, spec.config, {
-          cacheDir: this.flags['cache-dir'],
-          instancesPath: this.flags['instances-path'],
+          ...cacheOverrides(this.flags),
           minAge: this.flags['min-age'],
-          novaConf: this.flags['nova-conf'],
           resizedMinAge: this.flags['resized-min-age'],
         })
         const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})

@@ -63,6 +63,21 @@ export function planPrune(
   return items.sort((a, b) => rank[a.kind] - rank[b.kind] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
 }
 
+/** The age rule shared by cache entries and temporaries: too young, removal off, or remove under `lock`. */
+function ageVerdict(
+  entry: EntryStat,
+  ageSeconds: number,
+  minAgeSeconds: number,
+  settings: PolicySettings,
+  nowMs: number,
+  removal: {lock: string; removeLockFile: boolean},
+): Verdict {
+  const removableAtMs = entry.mtimeMs + minAgeSeconds * 1000
+  if (ageSeconds < minAgeSeconds) return {action: 'keep', reason: 'too-young', removableAtMs}
+  if (!settings.removeUnused) return {action: 'keep', reason: 'removal-disabled', removableAtMs}
+  return {action: 'remove', cutoffMs: nowMs - minAgeSeconds * 1000, ...removal}
+}
+
 function planEntry(
   entry: EntryStat,
   uses: ReadonlyMap<string, EntryUse>,
@@ -74,47 +89,33 @@ function planEntry(
   const kind = classifyNova(entry.name, isFileLike(entry))
   if (kind) {
     const minAgeSeconds = kind === 'resized' ? settings.resizedMinAge : settings.originalMinAge
-    const base = {ageSeconds, entry, kind, minAgeSeconds, name: entry.name}
     const use = uses.get(entry.name)
-    if (use) return {...base, verdict: {action: 'keep', reason: 'in-use', touch: use.touch}}
-    const removableAtMs = entry.mtimeMs + minAgeSeconds * 1000
-    if (ageSeconds < minAgeSeconds) return {...base, verdict: {action: 'keep', reason: 'too-young', removableAtMs}}
-    if (!settings.removeUnused) return {...base, verdict: {action: 'keep', reason: 'removal-disabled', removableAtMs}}
-    return {
-      ...base,
-      verdict: {
-        action: 'remove',
-        cutoffMs: nowMs - minAgeSeconds * 1000,
-        lock: lockName(entry.name),
-        // Nova deletes the lock file of bases it removes, not of swap and ephemeral templates.
-        removeLockFile: kind === 'original' || kind === 'resized',
-      },
-    }
+    const verdict: Verdict = use
+      ? {action: 'keep', reason: 'in-use', touch: use.touch}
+      : ageVerdict(entry, ageSeconds, minAgeSeconds, settings, nowMs, {
+          lock: lockName(entry.name),
+          // Nova deletes the lock file of bases it removes, not of swap and ephemeral templates.
+          removeLockFile: kind === 'original' || kind === 'resized',
+        })
+    return {ageSeconds, entry, kind, minAgeSeconds, name: entry.name, verdict}
   }
 
   const temporary = entry.type === 'file' ? classifyTemporary(entry.name) : undefined
   if (temporary) {
     const minAgeSeconds = settings.resizedMinAge
-    const base = {
+    const verdict = ageVerdict(entry, ageSeconds, minAgeSeconds, settings, nowMs, {
+      lock: lockName(temporary.finalName),
+      // The lock file goes with the temporary when the entry it was for does not exist either.
+      removeLockFile: !names.has(temporary.finalName),
+    })
+    return {
       ageSeconds,
       entry,
-      kind: 'temporary' as const,
+      kind: 'temporary',
       minAgeSeconds,
       name: entry.name,
       temporaryFor: temporary.finalName,
-    }
-    const removableAtMs = entry.mtimeMs + minAgeSeconds * 1000
-    if (ageSeconds < minAgeSeconds) return {...base, verdict: {action: 'keep', reason: 'too-young', removableAtMs}}
-    if (!settings.removeUnused) return {...base, verdict: {action: 'keep', reason: 'removal-disabled', removableAtMs}}
-    return {
-      ...base,
-      verdict: {
-        action: 'remove',
-        cutoffMs: nowMs - minAgeSeconds * 1000,
-        lock: lockName(temporary.finalName),
-        // The lock file goes with the temporary when the entry it was for does not exist either.
-        removeLockFile: !names.has(temporary.finalName),
-      },
+      verdict,
     }
   }
 
