@@ -5,7 +5,7 @@
  * if imgcache and qemu-img disagree on a disk's backing file.
  */
 import {rmSync} from 'node:fs'
-import {mkdtemp, readdir, rm, stat} from 'node:fs/promises'
+import {mkdtemp, rm} from 'node:fs/promises'
 import {availableParallelism, tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {performance} from 'node:perf_hooks'
@@ -17,6 +17,7 @@ import {analyzeNode} from '../src/lib/analysis.js'
 import {resolveCacheSettings} from '../src/lib/config/settings.js'
 import {buildInspectResult, type InspectResult} from '../src/lib/inspect.js'
 import {LocalNode} from '../src/lib/node/local.js'
+import {ensureBuilt} from './lib/build.js'
 import {mapLimit, medianOf, mustRun, REPO_ROOT, seconds, timed, times, writeFigures} from './lib/measure.js'
 import {makeSyntheticHost, type SyntheticHost} from './lib/synthetic-host.js'
 
@@ -29,21 +30,6 @@ const QEMU_ENV = {...process.env, LANG: 'C', LC_ALL: 'C'}
 const CLI_ENV = {
   ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('IMGCACHE_'))),
   NODE_ENV: 'production',
-}
-
-async function filesUnder(dir: string, suffix: string): Promise<string[]> {
-  const names = await readdir(dir, {recursive: true})
-  return names.filter((n) => n.endsWith(suffix)).map((n) => join(dir, n))
-}
-
-/** Build dist/ when it is missing or older than any source file. */
-async function ensureBuilt(): Promise<void> {
-  const mtimes = async (files: string[]) => Promise.all(files.map(async (f) => (await stat(f)).mtimeMs))
-  const sources = await mtimes(await filesUnder(join(REPO_ROOT, 'src'), '.ts'))
-  const built = await mtimes(await filesUnder(join(REPO_ROOT, 'dist'), '.js').catch(() => []))
-  if (built.length > 0 && Math.min(...built) >= Math.max(...sources)) return
-  console.log('building dist/ (npm run build)')
-  await mustRun('npm', ['run', 'build'], {cwd: REPO_ROOT})
 }
 
 interface QemuInfo {

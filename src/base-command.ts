@@ -1,4 +1,4 @@
-import {Command, Errors, Flags, type Interfaces} from '@oclif/core'
+import {Command, Errors, Flags, type Interfaces, ux} from '@oclif/core'
 
 import type {ImgcacheConfig} from './lib/config/schema.js'
 
@@ -124,6 +124,29 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     this.config_ = await loadConfig({path: this.flags.config})
     process.on('SIGINT', this.onSignal)
     process.on('SIGTERM', this.onSignal)
+  }
+
+  /**
+   * oclif's logJson, without its colouring tokenizer when there is no JSON theme to apply: the same
+   * text (JSON.stringify, two-space indent), which for a report of thousands of entries saves tens
+   * of milliseconds. With a theme, or for a value JSON.stringify refuses (a cycle), oclif's own.
+   */
+  protected override logJson(json: unknown): void {
+    if (this.config.theme?.json === undefined) {
+      let text: string | undefined
+      try {
+        text = JSON.stringify(typeof json === 'string' ? JSON.parse(json) : json, undefined, 2)
+      } catch {
+        text = undefined
+      }
+
+      if (text !== undefined) {
+        ux.stdout(text)
+        return
+      }
+    }
+
+    super.logJson(json)
   }
 
   /** A line on stderr, unless --quiet or --json. */

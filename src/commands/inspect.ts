@@ -6,7 +6,6 @@ import {ExitCode} from '../lib/exit-codes.js'
 import {forEachNode} from '../lib/fleet.js'
 import {buildInspectResult, type InspectResult} from '../lib/inspect.js'
 import {selectNodes} from '../lib/nodes.js'
-import {formatInspect} from '../lib/report/inspect-format.js'
 import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
 
 export interface InspectReport {
@@ -56,6 +55,8 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
       nodes: outcomes.flatMap((o) => (o.ok ? [o.value] : [])),
     }
     if (!this.jsonEnabled()) {
+      // The table renderer (cli-table3) is loaded only for text output.
+      const {formatInspect} = await import('../lib/report/inspect-format.js')
       this.log(formatInspect(report.nodes, {verbose: this.flags.verbose}))
       for (const f of report.failures)
         this.logToStderr(`${f.node}: ${f.message}${f.suggestions.map((s) => `\n  → ${s}`).join('')}`)

@@ -119,8 +119,16 @@ function soundness(
 export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
   const {node, plan, scan, settings, usage} = analysis
   const guarded = usage.problems.length > 0
+  // Image ids by cache name (each id hashed once: thousands of instances share a few hundred images).
   const knownIds = new Map<string, string>()
-  for (const instance of usage.instances) for (const id of instance.imageIds) knownIds.set(cacheName(id), id)
+  const hashed = new Set<string>()
+  for (const instance of usage.instances) {
+    for (const id of instance.imageIds) {
+      if (hashed.has(id)) continue
+      hashed.add(id)
+      knownIds.set(cacheName(id), id)
+    }
+  }
 
   const entries: InspectEntry[] = []
   for (const item of plan) {

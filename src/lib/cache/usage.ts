@@ -178,9 +178,80 @@ function diskPathsOf(dir: InstanceDirScan): string[] {
   return dir.disks.map((d) => d.name)
 }
 
-function matchDomain(dirName: string, domains: Array<{info: DomainInfo; path: string}>) {
-  const base = dirName.endsWith('_resize') ? dirName.slice(0, -'_resize'.length) : dirName
-  return domains.find((d) => d.info.uuid === base || d.info.name === base)
+interface DomainFile {
+  info: DomainInfo
+  path: string
+}
+
+/**
+ * The domain files by uuid and by name: `match` answers what `domains.find((d) => d.info.uuid === key
+ * || d.info.name === key)` would, without walking every file for every instance directory.
+ */
+function domainIndex(domains: DomainFile[]): {match(dirName: string): DomainFile | undefined} {
+  const first = new Map<string, number>()
+  for (const [i, d] of domains.entries()) {
+    for (const key of [d.info.uuid, d.info.name]) if (key !== undefined && !first.has(key)) first.set(key, i)
+  }
+
+  return {
+    match(dirName) {
+      const base = dirName.endsWith('_resize') ? dirName.slice(0, -'_resize'.length) : dirName
+      const i = first.get(base)
+      return i === undefined ? undefined : domains[i]
+    },
+  }
+}
+
+/**
+ * Nova's `unexplained_images`, a list it walks while removing from it. Removed names are marked
+ * rather than spliced out, so that removing stays O(1) whatever the size of the cache dir.
+ */
+class UnexplainedList {
+  private readonly at = new Map<string, number>()
+  /** Fingerprints that have `<fp>_<digits>` names in the list: the only ones a walk can match. */
+  private readonly digitVariants = new Set<string>()
+  private readonly removed: boolean[]
+
+  constructor(private readonly names: string[]) {
+    this.removed = names.map(() => false)
+    for (const [i, name] of names.entries()) {
+      this.at.set(name, i)
+      const variant = resizedVariantOf(name)
+      if (variant && /^\d+$/.test(variant.suffix)) this.digitVariants.add(variant.fingerprint)
+    }
+  }
+
+  remove(name: string): void {
+    const i = this.at.get(name)
+    if (i !== undefined) this.removed[i] = true
+  }
+
+  /**
+   * Nova's walk for one image: `for img in unexplained: if <fp>_<digits>: unexplained.remove(img)`.
+   * A Python for-loop over a list the loop body shrinks skips the item after each one it removes.
+   * Returns the names removed, in order.
+   */
+  takeDigitVariants(fp: string): string[] {
+    const taken: string[] = []
+    if (!this.digitVariants.has(fp)) return taken
+    let skipNext = false
+    for (const [i, name] of this.names.entries()) {
+      if (this.removed[i]) continue
+      if (skipNext) {
+        skipNext = false
+        continue
+      }
+
+      const variant = resizedVariantOf(name)
+      if (variant?.fingerprint === fp && /^\d+$/.test(variant.suffix)) {
+        taken.push(name)
+        this.removed[i] = true
+        skipNext = true
+      }
+    }
+
+    return taken
+  }
 }
 
 /**
@@ -203,25 +274,32 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
   }
 
   // Nova's `unexplained_images`: originals and resized candidates, in listing order.
-  const unexplained = scan.cacheDir.entries
-    .filter((e) => {
-      const kind = classifyNova(e.name, isCacheFile(e.name))
-      return kind === 'original' || kind === 'resized'
-    })
-    .map((e) => e.name)
-  const explain = (name: string) => {
-    const i = unexplained.indexOf(name)
-    if (i !== -1) unexplained.splice(i, 1)
-  }
+  const unexplained = new UnexplainedList(
+    scan.cacheDir.entries
+      .filter((e) => {
+        const kind = classifyNova(e.name, isCacheFile(e.name))
+        return kind === 'original' || kind === 'resized'
+      })
+      .map((e) => e.name),
+  )
 
+  // The instances of each entry, as a set too: popular bases have hundreds of users.
+  const usersOf = new Map<string, Set<string>>()
   const use = (name: string, instance: string, via: UseVia, touch: boolean) => {
     let u = report.uses.get(name)
-    if (!u) {
+    let users = usersOf.get(name)
+    if (!u || !users) {
       u = {instances: [], touch: false, via: []}
+      users = new Set()
       report.uses.set(name, u)
+      usersOf.set(name, users)
     }
 
-    if (!u.instances.includes(instance)) u.instances.push(instance)
+    if (!users.has(instance)) {
+      users.add(instance)
+      u.instances.push(instance)
+    }
+
     if (!u.via.includes(via)) u.via.push(via)
     u.touch ||= touch
   }
@@ -243,30 +321,24 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     if (entries.has(fp)) {
       names.push(fp)
       use(fp, instance, via, isCacheFile(fp))
-      explain(fp)
+      unexplained.remove(fp)
     }
 
     if (entries.has(`${fp}_sm`)) {
       names.push(`${fp}_sm`)
       use(`${fp}_sm`, instance, via, isCacheFile(`${fp}_sm`))
-      explain(`${fp}_sm`)
+      unexplained.remove(`${fp}_sm`)
     }
 
-    // A Python for-loop over a list the loop body shrinks: after a removal the next item is skipped.
-    for (let i = 0; i < unexplained.length; i++) {
-      const name = unexplained[i] as string
-      const variant = resizedVariantOf(name)
-      if (variant?.fingerprint === fp && /^\d+$/.test(variant.suffix)) {
-        names.push(name)
-        use(name, instance, via, true)
-        unexplained.splice(i, 1)
-      }
+    for (const name of unexplained.takeDigitVariants(fp)) {
+      names.push(name)
+      use(name, instance, via, true)
     }
   }
 
   const inCache = (path: string) => posix.dirname(path) === settings.cacheDir
 
-  const domains: Array<{info: DomainInfo; path: string}> = []
+  const domains: DomainFile[] = []
   for (const file of scan.domainXml) {
     try {
       domains.push({info: parseDomainXml(file.text), path: file.path})
@@ -276,6 +348,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
   }
 
   // Phase 1: every instance, its metadata and its disks' backing chains.
+  const domainsByKey = domainIndex(domains)
   const matched = new Set<string>()
   const views: Array<{domain?: DomainInfo; firstBacking: string[]; view: InstanceView}> = []
   for (const dir of scan.instanceDirs) {
@@ -300,7 +373,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
       }
     }
 
-    const found = matchDomain(dir.name, domains)
+    const found = domainsByKey.match(dir.name)
     if (found) matched.add(found.path)
     if (!domain && found) {
       domain = found.info
@@ -363,8 +436,19 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
 
   // Phase 2: image ids, in instance order, as Nova marks its used images (touching them).
   // Without metadata, the image an instance was built from is what its disks are backed by.
+  const fingerprintOf = new Map<string, string>()
+  const fingerprint = (id: string) => {
+    let fp = fingerprintOf.get(id)
+    if (fp === undefined) {
+      fp = cacheName(id)
+      fingerprintOf.set(id, fp)
+    }
+
+    return fp
+  }
+
   for (const {view} of views) {
-    const fingerprints = view.imageIds.map((id) => cacheName(id))
+    const fingerprints = view.imageIds.map((id) => fingerprint(id))
     if (view.metadata === 'none') {
       for (const disk of view.disks) {
         for (const member of disk.backingChain) {
