@@ -1,6 +1,6 @@
+import type {execa as Execa} from 'execa'
 import type {Readable} from 'node:stream'
 
-import {execa} from 'execa'
 import {createHash} from 'node:crypto'
 import {createReadStream, createWriteStream} from 'node:fs'
 import {lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
@@ -27,7 +27,18 @@ import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError} from '../errors
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {fsUsage, scanLocal, statEntry} from './local-scan.js'
+import {writebackFs} from './writeback.js'
 
+/**
+ * execa is loaded on first use (~0.1 s of module loading): commands that run no program on the
+ * local host, inspect among them, do not pay for it at start-up.
+ */
+async function loadExeca(): Promise<typeof Execa> {
+  return (await import('execa')).execa
+}
+
+/** Bytes written to a file between two background fdatasyncs (see writebackFs). */
+const WRITEBACK_BYTES = 64 * 1024 * 1024
 /** Programs run with a fixed locale so their messages can be parsed (as Nova does for qemu-img). */
 const FIXED_LOCALE = {LANG: 'C', LC_ALL: 'C'}
 
@@ -56,7 +67,12 @@ export class LocalNode implements Node {
   }
 
   async lock(path: string, options: LockOptions): Promise<LockHandle> {
-    this.lockClient ??= this.startLockHelper()
+    if (!this.lockClient) {
+      const execa = await loadExeca()
+      // Checked again after the await: a concurrent lock() may have started the helper meanwhile.
+      this.lockClient ??= this.startLockHelper(execa)
+    }
+
     return this.lockClient.lock(path, options)
   }
 
@@ -78,10 +94,12 @@ export class LocalNode implements Node {
   }
 
   async openWrite(path: string, options: WriteFileOptions = {}): Promise<NodeFileSink> {
-    // `flush`: the stream fsyncs the file before it closes, so "closed" means "on disk".
+    // `flush`: the stream fsyncs the file before it closes, so "closed" means "on disk". `fs`:
+    // the data goes to disk during the write (background fdatasync), not all at the final fsync.
     const stream = createWriteStream(path, {
       flags: options.append ? 'a' : 'w',
       flush: true,
+      fs: writebackFs(WRITEBACK_BYTES),
       highWaterMark: 1024 * 1024,
       mode: options.mode ?? 0o644,
     })
@@ -183,6 +201,7 @@ export class LocalNode implements Node {
   async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {
     const [file, ...args] = argv
     if (!file) throw new ImgcacheError('BUG', 'run() needs a program')
+    const execa = await loadExeca()
     const result = await execa(file, args, {
       cancelSignal: options.signal,
       env: {...FIXED_LOCALE, ...options.env},
@@ -288,7 +307,7 @@ export class LocalNode implements Node {
   }
 
   /** Locks are held by the same python3 agent SSH nodes run (only its lock operations are used here). */
-  private startLockHelper(): AgentClient {
+  private startLockHelper(execa: typeof Execa): AgentClient {
     const child = execa('python3', ['-c', AGENT_PY], {buffer: false, reject: false, stdin: 'pipe'})
     return new AgentClient(
       {
