@@ -5,6 +5,7 @@ import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 
+import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
@@ -383,6 +384,55 @@ describe('imgcache populate', () => {
     expect(server.gets('/twice')).toHaveLength(1)
     expect((await readFile(host.final(id))).equals(content)).toBe(true)
     expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
+  })
+
+  it('two populates while nova-compute (a real oslo lock) holds the image: both wait, one download, both succeed, one intact file', async () => {
+    const content = payload(16, 2 * MiB)
+    const id = await alias('contended', content, {rate: 4 * MiB})
+    const host = instances('contended')
+    await mkdir(host.lockDir, {recursive: true})
+    const holder = await holdOsloLock(host.lockDir, sha1(id))
+    onTestFinished(() => holder.kill())
+    const first = spawnCli(host.root, ['contended', '--lock-timeout', '60'])
+    const second = spawnCli(host.root, ['contended', '--lock-timeout', '60'])
+    // While nova-compute holds the lock, neither writes a byte into the cache.
+    await new Promise((resolve) => {
+      setTimeout(resolve, 1500)
+    })
+    expect(first.exitCode).toBeNull()
+    expect(second.exitCode).toBeNull()
+    expect(await contents(host.cacheDir)).toEqual([])
+    expect(server.gets('/contended')).toHaveLength(0)
+    await holder.release()
+    const results = await Promise.all([first, second])
+    expect(results.map((r) => r.exitCode)).toEqual([0, 0])
+    expect(results.map((r) => parse<PopulateJson>(r.stdout).items[0]?.status).sort()).toEqual(['cached', 'existing'])
+    expect(server.gets('/contended')).toHaveLength(1)
+    expect(sha256(await readFile(host.final(id)))).toBe(sha256(content))
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
+    expect(await osloSees(host.lock(id))).toBe('FREE')
+  })
+
+  it('on a terminal, one image: a cli-progress bar on stderr that reaches 100 %, then the table', async () => {
+    const content = payload(17, 4 * MiB)
+    await alias('tty-bar', content, {rate: 4 * MiB})
+    const host = instances('tty-bar')
+    const argv = ['node', BIN, 'populate', 'tty-bar', '--instances-path', host.root, '--config', config]
+    // script(1) gives the CLI a pseudo-terminal (stdout and stderr both); CI=true would choose log lines.
+    const result = await execa('script', ['-qfec', `stty cols 200 rows 50; exec ${shellCommand(argv)}`, '/dev/null'], {
+      env: {CI: '', IMGCACHE_CONFIG: '', NODE_ENV: 'production', TERM: 'xterm'},
+      reject: false,
+      timeout: 60_000,
+    })
+    expect(result.exitCode).toBe(0)
+    // eslint-disable-next-line no-control-regex -- ANSI escape sequences start with ESC
+    const text = result.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')
+    // Redrawn in place as the bytes arrive: a part-way frame with a speed, then the full one.
+    expect(text).toMatch(
+      /tty-bar \[=+-+\] [1-9]\d?% \| [\d.]+ [KM]iB of 4\.0 MiB \| [\d.]+ [KM]iB\/s \| ETA \d+s \| downloading/,
+    )
+    expect(text).toMatch(/tty-bar \[=+\] 100% \| 4\.0 MiB of 4\.0 MiB .* \| done/)
+    expect(text).toMatch(/local\s+tty-bar\s+cached/)
   })
 
   it('waits for nova-compute (a real oslo.concurrency lock) and fetches once it lets go; LOCK_BUSY after --lock-timeout', async () => {

@@ -1,0 +1,33 @@
+import {describe, expect, it} from 'vitest'
+
+import {chooseRenderer, type RendererInput, type RendererKind} from '../../src/lib/ui/renderer.js'
+
+const terminal: RendererInput = {
+  env: {TERM: 'xterm'},
+  items: 1,
+  json: false,
+  quiet: false,
+  stderrIsTTY: true,
+  stdoutIsTTY: true,
+}
+
+describe('chooseRenderer', () => {
+  it.each<[string, Partial<RendererInput>, RendererKind]>([
+    ['one image on a terminal', {}, 'bar'],
+    ['several images on a terminal', {items: 3}, 'listr'],
+    ['one image on several nodes (listr2 groups by node)', {multiNode: true}, 'listr'],
+    ['--json', {items: 3, json: true}, 'silent'],
+    ['--quiet', {quiet: true}, 'silent'],
+    ['--json wins over a terminal and CI', {env: {CI: 'true'}, json: true}, 'silent'],
+    ['stderr piped to a log (cron)', {items: 3, stderrIsTTY: false}, 'lines'],
+    ['stderr piped, one image', {stderrIsTTY: false}, 'lines'],
+    ['CI set, on a terminal', {env: {CI: 'true', TERM: 'xterm'}, items: 3}, 'lines'],
+    ['CI set to the empty string is not CI', {env: {CI: '', TERM: 'xterm'}, items: 3}, 'listr'],
+    ['TERM=dumb', {env: {TERM: 'dumb'}}, 'lines'],
+    ['several images, stdout piped (listr2 redraws stdout)', {items: 3, stdoutIsTTY: false}, 'lines'],
+    ['one image, stdout piped: the bar is on stderr', {stdoutIsTTY: false}, 'bar'],
+    ['nothing to do on a terminal', {items: 0}, 'bar'],
+  ])('%s → %s', (_name, change, expected) => {
+    expect(chooseRenderer({...terminal, ...change})).toBe(expected)
+  })
+})
