@@ -75,6 +75,7 @@ export function isRetryable(error: unknown): boolean {
     'NO_SPACE',
     'NODE_NO_CURL',
     'NODE_NO_PYTHON',
+    'NODE_PROGRAM_MISSING',
     'QEMU_ENOSPC',
     'SIZE_MISMATCH',
     'SSH_AUTH',
@@ -83,21 +84,32 @@ export function isRetryable(error: unknown): boolean {
   ]).has(error.code)
 }
 
+/**
+ * A failed pair, with every next step of its error: on a fleet the operator acts from the report
+ * alone (a changed host key needs both "verify the new key" and "how to replace the old one").
+ */
+function failedItem(image: ResolvedImage, node: string, error: unknown): ItemResult {
+  const item = itemFromError(image, node, error)
+  const steps = error instanceof ImgcacheError ? error.suggestions : []
+  return steps.length > 1 ? {...item, nextStep: steps.join(' ')} : item
+}
+
 export function backoffMs(attempt: number): number {
   return Math.min(30_000, 1000 * 2 ** attempt)
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms)
-    signal.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer)
-        resolve()
-      },
-      {once: true},
-    )
+    const onAbort = () => {
+      clearTimeout(timer)
+      resolve()
+    }
+
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal.addEventListener('abort', onAbort, {once: true})
   })
 }
 
@@ -175,7 +187,7 @@ async function precacheNode(
 ): Promise<{items: ItemResult[]; summary: NodeSummary}> {
   const emit = options.onEvent ?? (() => {})
   const fail = (status: 'error' | 'skipped', error: unknown, attempts: number) => {
-    const items = images.map((image) => ({...itemFromError(image, node.name, error), status}))
+    const items = images.map((image) => ({...failedItem(image, node.name, error), status}))
     for (const item of items)
       emit({image: item.image.id, message: item.message, node: node.name, state: status, type: 'item'})
     emit({
@@ -231,7 +243,7 @@ async function precacheNode(
   for (const image of images) {
     const {id} = image.record
     if (run.aborted) {
-      const item = itemFromError(image, node.name, run.reason)
+      const item = failedItem(image, node.name, run.reason)
       emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
       items.push(item)
       continue
@@ -265,7 +277,7 @@ async function precacheNode(
         break
       } catch (error) {
         if (attempt >= options.retries || !isRetryable(error) || run.aborted) {
-          const item = itemFromError(image, node.name, error)
+          const item = failedItem(image, node.name, error)
           emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
           items.push(item)
           break
@@ -305,12 +317,14 @@ function transferFor(
   signal: AbortSignal,
 ): Transfer {
   if (options.via === 'relay') {
-    const spool = spools.get(
-      image.record,
-      () => image.source.open(image.record, {signal: spools.signal}),
-      expectedHash(image.record),
-      settings.vmdkAllowedTypes,
-    )
+    // Only when this node needs the bytes: an image every node already has is never read.
+    const spool = () =>
+      spools.get(
+        image.record,
+        () => image.source.open(image.record, {signal: spools.signal}),
+        expectedHash(image.record),
+        settings.vmdkAllowedTypes,
+      )
     return relayTransfer(spool, options.stallMs)
   }
 
@@ -344,8 +358,9 @@ async function withTimeout<T>(
   )
   const signal = AbortSignal.any([outer, controller.signal])
   let grace: NodeJS.Timeout | undefined
+  let onAbort: (() => void) | undefined
   const abandoned = new Promise<never>((_, reject) => {
-    const onAbort = () => {
+    onAbort = () => {
       grace = setTimeout(() => {
         const reason = signal.reason instanceof ImgcacheError ? signal.reason : undefined
         reject(
@@ -372,6 +387,9 @@ async function withTimeout<T>(
       throw controller.signal.reason
     throw error
   } finally {
+    // A finished attempt must not react to a later abort of the run: its grace timer would keep
+    // the process alive for ABORT_GRACE_MS after a Ctrl-C.
+    if (onAbort) signal.removeEventListener('abort', onAbort)
     clearTimeout(timer)
     clearTimeout(grace)
   }

@@ -16,6 +16,7 @@
 #   testnet.sh link NET_DIR NAME up|down      take the host's link down (silent drop) or back up
 #   testnet.sh rate NET_DIR NAME RATE|none    change or remove the cap on the host's link
 #   testnet.sh bytes NET_DIR NAME             "TX RX": bytes the host has sent and received
+#   testnet.sh pids NET_DIR NAME              PIDs of the processes running inside host NAME
 #   testnet.sh down NET_DIR                   delete every host namespace, veth and the bridge
 #                                             (stop the processes you started in them first)
 #
@@ -108,6 +109,11 @@ bytes)
   state; name=${3:?bytes NAME}
   read -r _ ns _ nv _ <<<"$(host_line "$name")"; [[ -n ${ns:-} ]] || die "no host $name"
   echo "$(ip netns exec "$ns" cat "/sys/class/net/$nv/statistics/tx_bytes") $(ip netns exec "$ns" cat "/sys/class/net/$nv/statistics/rx_bytes")"
+  ;;
+pids)
+  state; name=${3:?pids NAME}
+  read -r _ ns _ <<<"$(host_line "$name")"; [[ -n ${ns:-} ]] || die "no host $name"
+  ip netns pids "$ns" 2>/dev/null || true
   ;;
 down)
   [[ -f "$dir/testnet.env" ]] || exit 0

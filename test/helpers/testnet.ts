@@ -23,6 +23,8 @@ export interface TestNet {
   exec(name: string, argv: readonly string[], options?: Options): ResultPromise
   /** Cut a host's link (packets vanish silently) or restore it. */
   link(name: string, state: 'down' | 'up'): Promise<void>
+  /** PIDs of the processes running inside a host (what must be stopped before down()). */
+  pids(name: string): Promise<number[]>
   /** Change a host's rate cap; `none` removes it. */
   rate(name: string, rate: string): Promise<void>
   /** e.g. `198.18.42.0/24` */
@@ -83,6 +85,13 @@ export async function createTestNet(): Promise<TestNet> {
     exec: (name, argv, options = {}) => execa('bash', [TESTNET_SH, 'exec', dir, name, ...argv], options),
     async link(name, state) {
       await testnet('link', dir, name, state)
+    },
+    async pids(name) {
+      const out = await testnet('pids', dir, name)
+      return out
+        .split(/\s+/)
+        .filter((p) => /^\d+$/.test(p))
+        .map(Number)
     },
     async rate(name, rate) {
       await testnet('rate', dir, name, rate)

@@ -1,4 +1,4 @@
-import {open as openFile, rm} from 'node:fs/promises'
+import {type FileHandle, open as openFile, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 import {Readable} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
@@ -26,6 +26,8 @@ export interface SpoolResult {
 export class Spool {
   private done = false
   private error?: Error
+  /** The spool file, created before any reader may open it. */
+  private readonly file: Promise<FileHandle>
   private readonly finished: Promise<SpoolResult>
   private readonly waiters = new Set<() => void>()
   private written = 0
@@ -38,6 +40,8 @@ export class Spool {
     vmdkAllowedTypes: readonly string[],
     signal?: AbortSignal,
   ) {
+    this.file = openFile(this.path, 'w', 0o600)
+    this.file.catch(() => undefined)
     this.finished = this.fill(open, expected, vmdkAllowedTypes, signal)
     this.finished.catch(() => undefined)
   }
@@ -77,9 +81,9 @@ export class Spool {
       this.wake()
     })
     try {
-      const opened = await open()
-      const file = await openFile(this.path, 'w', 0o600)
+      const file = await this.file
       try {
+        const opened = await open()
         await pipeline(opened.stream, tap, file.createWriteStream({highWaterMark: 1024 * 1024}), {signal})
       } finally {
         await file.close().catch(() => undefined)
@@ -107,6 +111,10 @@ export class Spool {
   }
 
   private async *read(offset: number, signal?: AbortSignal): AsyncGenerator<Buffer> {
+    // A reader may come before the origin has answered: the file exists once `this.file` settles.
+    await this.file.catch((error: unknown) => {
+      throw this.error ?? error
+    })
     const file = await openFile(this.path, 'r')
     const buffer = Buffer.alloc(1024 * 1024)
     let position = offset

@@ -128,7 +128,9 @@ export function nodeFetchTransfer(source: ImageSource): Transfer {
           onBytes: (bytes) => input.onBytes(bytes, 'downloading'),
           signal: input.signal,
         },
-      )
+      ).catch((error: unknown) => {
+        throw nodeFetchError(error, input, source)
+      })
     if (image.size === undefined || resumeFrom < image.size) {
       try {
         await fetch(resumeFrom)
@@ -163,11 +165,13 @@ export function nodeFetchTransfer(source: ImageSource): Transfer {
  * imgcache reads the image from the origin once (the spool) and streams it to every node over SSH,
  * each at its own pace. The spool hashes and inspects the bytes once; each node's copy is checked
  * for its size and arrives through SSH's integrity checks. A node that stops reading for
- * `stallMs` is cut off rather than waited on.
+ * `stallMs` is cut off rather than waited on. `spool` is called only when a node needs the bytes,
+ * so that a run where every node already has the image never reads the origin.
  */
-export function relayTransfer(spool: Spool, stallMs: number): Transfer {
+export function relayTransfer(spool: () => Spool, stallMs: number): Transfer {
   return async (input) => {
     const {image, node, part} = input
+    const source = spool()
     const watchdog = new AbortController()
     const signal = input.signal ? AbortSignal.any([input.signal, watchdog.signal]) : watchdog.signal
     let last = Date.now()
@@ -188,7 +192,7 @@ export function relayTransfer(spool: Spool, stallMs: number): Transfer {
       }
     }, 1000)
     try {
-      const opened = spool.openReader(0, signal)
+      const opened = source.openReader(0, signal)
       const counter = new Transform({
         transform(chunk: Buffer, _encoding: string, callback) {
           sent += chunk.length
@@ -206,7 +210,7 @@ export function relayTransfer(spool: Spool, stallMs: number): Transfer {
       }
 
       const bytes = await sink.finish()
-      const origin = await spool.result()
+      const origin = await source.result()
       if (bytes !== origin.bytes) {
         throw new ImgcacheError(
           'WRITE_INCOMPLETE',
@@ -220,6 +224,33 @@ export function relayTransfer(spool: Spool, stallMs: number): Transfer {
       clearInterval(timer)
     }
   }
+}
+
+/** What curl on a node reports (ssh.ts curlError); RANGE_UNSUPPORTED is handled by starting over. */
+const CURL_CODES = new Set([
+  'NO_SPACE',
+  'NODE_CANNOT_REACH_SOURCE',
+  'NODE_NO_CURL',
+  'SOURCE_HTTP_ERROR',
+  'TRANSFER_FAILED',
+  'TRANSFER_STALLED',
+])
+
+/** curl's failure on the node, naming the image and the image service (curl itself knows only a host:port). */
+function nodeFetchError(error: unknown, input: TransferInput, source: ImageSource): unknown {
+  if (input.signal?.aborted) return input.signal.reason
+  if (!(error instanceof ImgcacheError) || !CURL_CODES.has(error.code)) return error
+  return new ImgcacheError(
+    error.code,
+    `downloading image ${input.label} from ${source.description} failed: ${error.message}`,
+    {
+      cause: error,
+      exitCode: error.exitCode,
+      image: input.image.id,
+      node: input.node.name,
+      suggestions: error.suggestions,
+    },
+  )
 }
 
 export function transferError(

@@ -1,6 +1,6 @@
-import type {Readable} from 'node:stream'
-
 import {execa, type ResultPromise} from 'execa'
+import {type Readable, Writable} from 'node:stream'
+import {finished} from 'node:stream/promises'
 
 import type {
   CacheScan,
@@ -160,6 +160,16 @@ export function curlError(
   }
 }
 
+/**
+ * The program env(1) or sh could not find, from its message (exit status 127): GNU env's
+ * "env: 'qemu-img': No such file or directory" (curly quotes in a UTF-8 locale), sh's "qemu-img: not found".
+ */
+export function programNotFound(stderr: string): string | undefined {
+  const env = /^env: ['‘"]?(.+?)['’"]?: No such file or directory$/m.exec(stderr)
+  if (env) return env[1]
+  return /^(?:\S+: (?:\d+: )?)?(\S+): (?:command )?not found$/m.exec(stderr)?.[1]
+}
+
 /** Decode the base64 heads the agent sends into Buffers, in place. */
 function decodeScan(scan: CacheScan): CacheScan {
   for (const entry of scan.cacheDir.entries) {
@@ -200,7 +210,12 @@ export class SshNode implements Node {
     await this.agent?.close()
     for (const child of this.children) child.kill('SIGTERM')
     if (this.connected) {
-      await execa('ssh', sshControlArgv(this.target, 'exit'), {reject: false, stdin: 'ignore', timeout: 10_000})
+      await execa('ssh', sshControlArgv(this.target, 'exit'), {
+        detached: true,
+        reject: false,
+        stdin: 'ignore',
+        timeout: 10_000,
+      })
     }
   }
 
@@ -229,6 +244,9 @@ export class SshNode implements Node {
       throw new ImgcacheError('NODE_CLOSED', `${this.name}: connection already closed`, {node: this.name})
     const child = execa('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === undefined}), {
       cancelSignal: options.signal,
+      // A process group of its own: a terminal's Ctrl-C reaches imgcache only, which then removes
+      // its temporaries and releases its locks over these very connections before it exits.
+      detached: true,
       input: options.stdin,
       reject: false,
       stripFinalNewline: false,
@@ -315,27 +333,81 @@ export class SshNode implements Node {
     const child = this.spawn(['sh', '-c', script, 'sh', path], {stdin: 'pipe'})
     if (!child.stdin) throw new ImgcacheError('BUG', 'no stdin')
     const {stdin} = child
+    const failure = (result: {exitCode?: number; stderr?: unknown}): ImgcacheError | undefined => {
+      if (result.exitCode === 0) return undefined
+      const stderr = String(result.stderr ?? '')
+      if (result.exitCode === SSH_FAILURE_STATUS) return sshError(this, stderr, `writing ${path}`)
+      if (/No space left on device|Disk quota exceeded/.test(stderr)) {
+        return new ImgcacheError(
+          'NO_SPACE',
+          `no space left on ${this.name} (${this.description}) while writing ${path}`,
+          {
+            node: this.name,
+            path,
+            suggestions: ['Free space in the cache dir on that node (imgcache prune) and try again.'],
+          },
+        )
+      }
+
+      return new RemoteCommandError(`cannot write ${path} on ${this.name}`, {
+        argv: ['cat', '>', path],
+        exitStatus: result.exitCode,
+        node: this.name,
+        stderr,
+      })
+    }
+
+    // When the writer on the node ends early (the connection dropped, cat failed), the stream only
+    // sees EPIPE or a premature close: wait for ssh's exit and report why the writer ended instead.
+    let ending = false
+    const explain = async (error: Error): Promise<Error> => {
+      const result = await Promise.race([child, sleep(5000).then(() => undefined)])
+      return (result && failure(result)) ?? error
+    }
+
+    const stream = new Writable({
+      destroy(error, callback) {
+        if (error) stdin.destroy()
+        callback(error)
+      },
+      final(callback) {
+        ending = true
+        stdin.end(() => callback())
+      },
+      write(chunk: Buffer, _encoding, callback) {
+        if (stdin.write(chunk)) callback()
+        else stdin.once('drain', () => callback())
+      },
+    })
+    const endedEarly = (error: Error) => {
+      if (stream.destroyed) return
+      explain(error).then(
+        (explained) => stream.destroy(explained),
+        () => stream.destroy(error),
+      )
+    }
+
+    stdin.on('error', endedEarly)
+    stdin.on('close', () => {
+      if (!ending) endedEarly(new Error(`the writer of ${path} on ${this.name} ended early`))
+    })
+    // The stream's error reaches the caller through its pipeline or finish(), never as an uncaught
+    // 'error' event of a stream nobody listens to any more.
+    stream.on('error', () => {})
     return {
       abort() {
         child.kill('SIGTERM')
       },
       finish: async () => {
-        if (!stdin.writableEnded) stdin.end()
-        const result = await child
-        if (result.exitCode !== 0) {
-          if (result.exitCode === SSH_FAILURE_STATUS) throw sshError(this, String(result.stderr), `writing ${path}`)
-          throw new RemoteCommandError(`cannot write ${path} on ${this.name}`, {
-            argv: ['cat', '>', path],
-            exitStatus: result.exitCode,
-            node: this.name,
-            stderr: String(result.stderr),
-          })
-        }
-
+        // End through the stream, so that its pending writes reach ssh before its stdin is closed.
+        if (!stream.writableEnded) stream.end()
+        await finished(stream)
+        const problem = failure(await child)
+        if (problem) throw problem
         await this.syncFile(path)
         return (await this.stat(path))?.size ?? 0
       },
-      stream: stdin,
+      stream,
     }
   }
 
@@ -374,6 +446,24 @@ export class SshNode implements Node {
       stdin: options.stdin,
       timeoutMs: options.timeoutMs,
     })
+    // env(1) could not start the program at all: say so, whatever `reject` says (a caller that
+    // reads the program's own failures would otherwise explain env's message as the program's).
+    const missing = result.exitCode === 127 ? programNotFound(result.stderr) : undefined
+    if (missing !== undefined && missing === argv[0]) {
+      throw new ImgcacheError(
+        'NODE_PROGRAM_MISSING',
+        `${this.name}: ${missing} is not installed on the node (not on its PATH)`,
+        {
+          node: this.name,
+          suggestions: [
+            missing === 'qemu-img'
+              ? 'Install qemu-img on the node (Debian/Ubuntu: apt install qemu-utils; RHEL: dnf install qemu-img), as nova-compute needs it too.'
+              : `Install ${missing} on the node, or put it on the PATH of non-interactive ssh sessions.`,
+          ],
+        },
+      )
+    }
+
     if (result.exitCode !== 0 && options.reject !== false) {
       throw new RemoteCommandError(`${argv[0]} exited with status ${result.exitCode} on ${this.name}`, {
         argv,
@@ -394,6 +484,7 @@ export class SshNode implements Node {
   spawn(argv: string[], options: {stdin: 'ignore' | 'pipe'}): ResultPromise {
     const child = execa('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === 'ignore'}), {
       buffer: {stderr: true, stdout: false},
+      detached: true, // out of the terminal's process group, as in exec()
       encoding: 'buffer',
       reject: false,
       stdin: options.stdin,

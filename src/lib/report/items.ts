@@ -21,9 +21,12 @@ export function totalsOf(items: ItemResult[]): ItemTotals {
   }
 }
 
-/** Nova's closing line, in its words: "N cached, N existing, N errors, N skipped hosts". */
+/**
+ * Nova's closing line, in its words: "N cached, N existing, N errors, N skipped hosts", whatever N
+ * (Nova writes "1 errors" too), so that what matches Nova's log line matches this one.
+ */
 export function totalsLine(t: ItemTotals): string {
-  return `${t.cached} cached, ${t.existing} existing, ${t.errors} error${t.errors === 1 ? '' : 's'}, ${t.skippedHosts} skipped host${t.skippedHosts === 1 ? '' : 's'}`
+  return `${t.cached} cached, ${t.existing} existing, ${t.errors} errors, ${t.skippedHosts} skipped hosts`
 }
 
 /**

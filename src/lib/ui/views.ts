@@ -132,81 +132,131 @@ class BarView implements ProgressView {
   }
 }
 
-interface Deferred {
-  promise: Promise<void>
-  reject(error: Error): void
-  resolve(): void
+interface Deferred<T = void> {
+  promise: Promise<T>
+  resolve(value: T): void
 }
 
-function deferred(): Deferred {
-  let resolve!: () => void
-  let reject!: (error: Error) => void
-  const promise = new Promise<void>((res, rej) => {
+function deferred<T = void>(): Deferred<T> {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>((res) => {
     resolve = res
-    reject = rej
   })
-  return {promise, reject, resolve}
+  return {promise, resolve}
+}
+
+/** How an item ended, as its last event said (stop() ends the ones still open as `undefined`). */
+interface Outcome {
+  message?: string
+  state?: 'cached' | 'error' | 'existing' | 'skipped'
 }
 
 interface ItemState {
-  done: Deferred
+  done: Deferred<Outcome>
   label: string
   meter: RateMeter
   output?: (text: string) => void
+  /** Progress text that came before listr2 ran the task (it starts tasks a few ticks late). */
+  pendingOutput?: string
   started: Deferred
+}
+
+/** Whether a node was reached (its images follow) or not (skipped: unreachable; failed: refused, say). */
+interface NodeState {
+  reached: Deferred<{message?: string; state: 'failed' | 'reached' | 'skipped'}>
   title?: (text: string) => void
 }
 
 /**
  * listr2's live renderer: one task per node, its images under it, with bytes, speed and ETA.
- * The work runs elsewhere (the domain's sliding window); tasks here only mirror its events.
+ * The work runs elsewhere (the domain's sliding window); tasks here only mirror its events. Every
+ * state exists from the start, so that events that come before listr2 has started a task (a node
+ * that fails at once, say) are never lost. A node that cannot be reached is one skipped (or failed)
+ * line with the reason, not one line per image.
  */
 class ListrView implements ProgressView {
   private readonly items = new Map<string, ItemState>()
-  private readonly nodeStarted = new Map<string, Deferred>()
+  private readonly nodes = new Map<string, NodeState>()
   private readonly running: Promise<unknown>
 
   constructor(plan: WorkPlan, grouped: boolean) {
     const logger = new ListrLogger({processOutput: new ProcessOutput(process.stderr, process.stderr)})
+    for (const node of plan.nodes) {
+      this.nodes.set(node.name, {reached: deferred()})
+      for (const image of node.images) {
+        this.items.set(key(node.name, image.id), {
+          done: deferred<Outcome>(),
+          label: image.label,
+          meter: new RateMeter(),
+          started: deferred(),
+        })
+      }
+    }
+
     const imageTask = (node: string, image: {id: string; label: string}): ListrTask => {
-      const state: ItemState = {done: deferred(), label: image.label, meter: new RateMeter(), started: deferred()}
-      this.items.set(key(node, image.id), state)
+      const state = this.items.get(key(node, image.id))!
       return {
         async task(_ctx, task) {
           task.title = `${image.label}: queued`
-          state.title = (text) => {
-            task.title = text
-          }
-
           state.output = (text) => {
             task.output = text
           }
 
+          if (state.pendingOutput) task.output = state.pendingOutput
           await state.started.promise
           task.title = image.label
-          await state.done.promise
+          const outcome = await state.done.promise
+          const detail = outcome.message ? `: ${outcome.message}` : ''
+          switch (outcome.state) {
+            case 'cached':
+            case 'existing': {
+              task.title = `${image.label}: ${outcome.state}`
+              break
+            }
+
+            case 'error': {
+              throw new Error(`${image.label}: error${detail}`)
+            }
+
+            case 'skipped': {
+              task.skip(`${image.label}: skipped${detail}`)
+              break
+            }
+
+            case undefined: {
+              break
+            }
+          }
         },
         title: image.label,
       }
     }
 
     const tasks: ListrTask[] = grouped
-      ? plan.nodes.map((node) => {
-          const started = deferred()
-          this.nodeStarted.set(node.name, started)
-          return {
-            async task(_ctx, task) {
-              task.title = `${node.name}: queued`
-              await started.promise
-              task.title = node.name
-              return task.newListr(
-                node.images.map((image) => imageTask(node.name, image)),
-                {concurrent: true, exitOnError: false},
-              )
-            },
-            title: node.name,
-          }
-        })
+      ? plan.nodes.map((node) => ({
+          task: async (_ctx, task) => {
+            const state = this.nodes.get(node.name)!
+            task.title = `${node.name}: queued`
+            state.title = (text) => {
+              task.title = text
+            }
+
+            const reached = await state.reached.promise
+            task.title = node.name
+            const detail = reached.message ? `: ${reached.message}` : ''
+            if (reached.state === 'skipped') {
+              task.skip(`${node.name}: skipped${detail}`)
+              return
+            }
+
+            if (reached.state === 'failed') throw new Error(`${node.name}${detail}`)
+            return task.newListr(
+              node.images.map((image) => imageTask(node.name, image)),
+              {concurrent: true, exitOnError: false},
+            )
+          },
+          title: node.name,
+        }))
       : (plan.nodes[0]?.images ?? []).map((image) => imageTask(plan.nodes[0]?.name ?? 'local', image))
     const listr = new Listr(tasks, {
       concurrent: true,
@@ -218,10 +268,28 @@ class ListrView implements ProgressView {
 
   onEvent(event: WorkEvent): void {
     if (event.type === 'node') {
-      if (event.state !== 'queued') this.nodeStarted.get(event.node)?.resolve()
-      if (event.state === 'skipped' || event.state === 'failed') {
-        for (const [k, item] of this.items) {
-          if (k.startsWith(`${event.node}\u0000`)) item.started.resolve()
+      const node = this.nodes.get(event.node)
+      switch (event.state) {
+        case 'done': {
+          node?.reached.resolve({state: 'reached'})
+          break
+        }
+
+        case 'failed':
+        case 'skipped': {
+          // Once reached, a failure belongs to its images; before, to the node.
+          node?.reached.resolve({message: event.message, state: event.state})
+          break
+        }
+
+        case 'queued': {
+          break
+        }
+
+        case 'retrying':
+        case 'running': {
+          node?.title?.(`${event.node}: ${event.state === 'running' ? 'connecting' : `retrying: ${event.message}`}`)
+          break
         }
       }
 
@@ -231,29 +299,28 @@ class ListrView implements ProgressView {
     const item = this.items.get(key(event.node, event.image))
     if (!item) return
     if (event.type === 'item') {
+      // A node's images are queued once it has been reached.
+      if (event.state === 'queued' || event.state === 'running')
+        this.nodes.get(event.node)?.reached.resolve({state: 'reached'})
       if (event.state === 'running') item.started.resolve()
-      if (event.state === 'cached' || event.state === 'existing') {
-        item.started.resolve()
-        item.title?.(`${item.label}: ${event.state}`)
-        item.done.resolve()
-      } else if (event.state === 'error' || event.state === 'skipped') {
-        item.started.resolve()
-        item.done.reject(new Error(`${item.label}: ${event.state}${event.message ? `: ${event.message}` : ''}`))
-      }
-
+      if (event.state === 'queued' || event.state === 'running') return
+      item.started.resolve()
+      item.done.resolve({message: event.message, state: event.state})
       return
     }
 
     item.started.resolve()
     item.meter.update(event.bytes)
-    item.output?.(`${event.phase} ${progressText(event.bytes, event.total, item.meter)}`)
+    const text = `${event.phase} ${progressText(event.bytes, event.total, item.meter)}`
+    if (item.output) item.output(text)
+    else item.pendingOutput = text
   }
 
   async stop(): Promise<void> {
-    for (const started of this.nodeStarted.values()) started.resolve()
+    for (const node of this.nodes.values()) node.reached.resolve({state: 'reached'})
     for (const item of this.items.values()) {
       item.started.resolve()
-      item.done.resolve()
+      item.done.resolve({})
     }
 
     await this.running
