@@ -1,3 +1,4 @@
+import {randomBytes} from 'node:crypto'
 import {posix} from 'node:path'
 
 import type {CacheSettings} from './config/settings.js'
@@ -6,7 +7,7 @@ import type {ResolvedImage} from './images.js'
 import type {Node} from './node/types.js'
 
 import {formatBytes} from './duration.js'
-import {SafetyError, UsageError} from './errors.js'
+import {ImgcacheError, SafetyError, UsageError} from './errors.js'
 import {entryPaths, fetchIntoCache} from './fetch/pipeline.js'
 import {inspectionError, inspectSource, qemuFormatName, verdictError} from './formats/index.js'
 import {checkQemuAgrees, parseQemuInfo, qemuCreateOverlayArgv, qemuError, qemuInfoArgv} from './qemu/index.js'
@@ -100,17 +101,26 @@ export async function createOverlay(
   const lock = await node.lock(paths.lock, {signal: options.signal, timeoutMs: options.lockTimeoutMs})
   try {
     await assertFree(node, dest)
+    // qemu-img create replaces whatever is at its path: it writes a name of ours beside DEST, which
+    // is then linked into place without replacing. A disk another process made meanwhile survives,
+    // and a failure removes only our own file.
+    const temporary = `${dest}.imgcache-${randomBytes(4).toString('hex')}.tmp`
     const argv = qemuCreateOverlayArgv({
       backingFile: paths.final,
       backingFormat: info.format ?? 'raw',
       clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
-      path: dest,
+      path: temporary,
       size: options.size !== undefined && options.size > 0 ? options.size : undefined,
     })
-    const result = await node.run(argv, {reject: false, timeoutMs: 120_000})
-    if (result.exitCode !== 0) {
-      await node.remove(dest).catch(() => 'missing')
-      throw qemuError(argv, result, {image: image.record.id, node: node.name, path: dest})
+    try {
+      const result = await node.run(argv, {reject: false, signal: options.signal, timeoutMs: 120_000})
+      if (result.exitCode !== 0) throw qemuError(argv, result, {image: image.record.id, node: node.name, path: dest})
+      await node.rename(temporary, dest, {noReplace: true}).catch((error: unknown) => {
+        throw error instanceof ImgcacheError && error.code === 'FS_EEXIST' ? destExists(node, dest) : error
+      })
+    } catch (error) {
+      await node.remove(temporary).catch(() => 'missing')
+      throw error
     }
   } finally {
     await lock.release().catch(() => undefined)
@@ -128,17 +138,19 @@ export async function createOverlay(
   }
 }
 
+function destExists(node: Node, dest: string): UsageError {
+  return new UsageError(
+    'DEST_EXISTS',
+    `${dest} already exists on ${node.description}; imgcache never overwrites a disk`,
+    {
+      field: 'DEST',
+      node: node.name,
+      path: dest,
+      suggestions: ['Remove it first if it is really unused, or choose another path.'],
+    },
+  )
+}
+
 async function assertFree(node: Node, dest: string): Promise<void> {
-  if (await node.stat(dest)) {
-    throw new UsageError(
-      'DEST_EXISTS',
-      `${dest} already exists on ${node.description}; imgcache never overwrites a disk`,
-      {
-        field: 'DEST',
-        node: node.name,
-        path: dest,
-        suggestions: ['Remove it first if it is really unused, or choose another path.'],
-      },
-    )
-  }
+  if (await node.stat(dest)) throw destExists(node, dest)
 }

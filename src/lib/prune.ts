@@ -9,23 +9,23 @@ import {formatDuration} from './duration.js'
 import {describeError, errnoCode, ImgcacheError} from './errors.js'
 
 export type PruneOutcome =
-  /** Kept: in use by an instance (and touched, when Nova would touch it). */
+  /** Removing it failed. */
   | 'error'
-  /** Kept: not a cache entry by Nova's rules. */
-  | 'guarded'
-  /** Kept: unused but younger than its minimum age. */
-  | 'ignored'
-  /** Kept: old enough, but remove_unused_base_images is off. */
-  | 'in-use'
   /** Kept: the prune guard tripped (an instance disk could not be read). */
-  | 'locked'
+  | 'guarded'
+  /** Kept: not a cache entry by Nova's rules. */
+  | 'ignored'
+  /** Kept: in use by an instance (and touched, when Nova would touch it). */
+  | 'in-use'
   /** Kept: its lock is held by another process. */
-  | 'rechecked'
+  | 'locked'
   /** Kept: the re-check under the lock found it used again (mtime refreshed) or gone. */
+  | 'rechecked'
+  /** Kept: old enough, but remove_unused_base_images is off. */
   | 'removal-disabled'
   /** Removed (or, in a dry run, would be). */
   | 'removed'
-  /** Removing it failed. */
+  /** Kept: unused but younger than its minimum age. */
   | 'too-young'
 
 export interface PruneDecision {

@@ -149,6 +149,50 @@ describe('an SSH node runs the same operations as the local host', () => {
       await rm(dir, {force: true, recursive: true})
     }
   })
+
+  it.each(['local', 'ssh'])('%s: rename with noReplace never replaces an existing file', async (kind) => {
+    const remote = kind === 'ssh' ? sshNode('node1') : new LocalNode()
+    const dir = join(nodes.node('node1').instancesPath, `rename-${kind}`)
+    try {
+      await remote.mkdirp(dir)
+      await writeFile(join(dir, 'ours'), 'ours')
+      await writeFile(join(dir, 'theirs'), 'theirs')
+      await expect(remote.rename(join(dir, 'ours'), join(dir, 'theirs'), {noReplace: true})).rejects.toMatchObject({
+        code: 'FS_EEXIST',
+      })
+      expect(await readFile(join(dir, 'theirs'), 'utf8')).toBe('theirs')
+      expect(await readFile(join(dir, 'ours'), 'utf8')).toBe('ours')
+      await remote.rename(join(dir, 'ours'), join(dir, 'free'), {noReplace: true})
+      expect(await readFile(join(dir, 'free'), 'utf8')).toBe('ours')
+      expect(await remote.stat(join(dir, 'ours'))).toBeUndefined()
+    } finally {
+      await remote.close()
+      await rm(dir, {force: true, recursive: true})
+    }
+  })
+})
+
+describe('reaching a node', () => {
+  it('through a jump host (ssh -J, named in the ssh config file), host keys checked on both hops', async () => {
+    const hop = nodes.node('node1')
+    const logins = async () =>
+      ((await readFile(join(hop.dir, 'sshd.log'), 'utf8')).match(/Accepted publickey/g) ?? []).length
+    const before = await logins()
+    const remote = new SshNode(
+      'behind-bastion',
+      nodes.target('node2', {configFile: hop.sshConfigFile, jumpHost: 'node1'}),
+    )
+    try {
+      const result = await remote.run(['sh', '-c', 'echo "$IMGCACHE_NODE"'])
+      expect(result.stdout.trim()).toBe('node2')
+      expect(await remote.stat(nodes.node('node2').instancesPath)).toMatchObject({type: 'dir'})
+    } finally {
+      await remote.close()
+    }
+
+    // The hop really carried it: the session logged in on node1 (the bastion) to reach node2.
+    expect(await logins()).toBeGreaterThan(before)
+  })
 })
 
 describe('SSH failures are clear and classified', () => {

@@ -189,7 +189,12 @@ def fsync_dir(d):
     finally: os.close(fd)
 
 def rename(q):
-    os.rename(q["from"], q["to"]); fsync_dir(os.path.dirname(q["to"]) or "."); return None
+    if q.get("noReplace"):
+        # link(2) fails with EEXIST instead of replacing: a file someone made meanwhile is never lost.
+        os.link(q["from"], q["to"]); os.unlink(q["from"])
+    else:
+        os.rename(q["from"], q["to"])
+    fsync_dir(os.path.dirname(q["to"]) or "."); return None
 
 def sync_file(q):
     fd = os.open(q["path"], os.O_RDONLY)

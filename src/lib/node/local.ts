@@ -3,7 +3,7 @@ import type {Readable} from 'node:stream'
 
 import {createHash} from 'node:crypto'
 import {createReadStream, createWriteStream} from 'node:fs'
-import {lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
+import {link, lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 
 import type {
@@ -17,6 +17,7 @@ import type {
   ReadRange,
   RemoveOptions,
   RemoveOutcome,
+  RenameOptions,
   RunOptions,
   RunResult,
   ScanRequest,
@@ -183,9 +184,15 @@ export class LocalNode implements Node {
     }
   }
 
-  async rename(from: string, to: string): Promise<void> {
+  async rename(from: string, to: string, options: RenameOptions = {}): Promise<void> {
     try {
-      await rename(from, to)
+      if (options.noReplace) {
+        // link(2) fails with EEXIST instead of replacing: a file someone made meanwhile is never lost.
+        await link(from, to)
+        await unlink(from)
+      } else {
+        await rename(from, to)
+      }
     } catch (error) {
       throw fromErrno(error, `cannot rename ${from} to`, to, {node: this.name})
     }

@@ -13,6 +13,7 @@ import type {
   ReadRange,
   RemoveOptions,
   RemoveOutcome,
+  RenameOptions,
   RunOptions,
   RunResult,
   ScanRequest,
@@ -425,8 +426,8 @@ export class SshNode implements Node {
     return this.request<RemoveOutcome>('remove', {olderThanMs: options.olderThanMs, path}, 'cannot remove', path)
   }
 
-  async rename(from: string, to: string): Promise<void> {
-    await this.request('rename', {from, to}, `cannot rename ${from} to`, to)
+  async rename(from: string, to: string, options: RenameOptions = {}): Promise<void> {
+    await this.request('rename', {from, noReplace: options.noReplace === true, to}, `cannot rename ${from} to`, to)
   }
 
   /** Forget a connection that failed (the agent and its locks are gone with it): the next use reconnects. */

@@ -162,8 +162,11 @@ export interface Node {
   readTextFile(path: string): Promise<string | undefined>
   /** Remove one file or symlink (never a directory, never recursively, never following a symlink). */
   remove(path: string, options?: RemoveOptions): Promise<RemoveOutcome>
-  /** Rename atomically and make the rename durable (fsync of the directory). */
-  rename(from: string, to: string): Promise<void>
+  /**
+   * Rename atomically and make the rename durable (fsync of the directory). With `noReplace`, an
+   * existing `to` is never replaced: the call fails with EEXIST (a hard link, then the old name removed).
+   */
+  rename(from: string, to: string, options?: RenameOptions): Promise<void>
   /** After a failed attempt: drop a broken connection so the next operation reconnects (SSH nodes). */
   reset?(): Promise<void>
   /** Run an argv (no shell) on the node. */
@@ -201,4 +204,9 @@ export interface NodeFileSink {
   /** Call after the last write: ends the stream, fsyncs and reports the bytes in the file. */
   finish(): Promise<number>
   readonly stream: Writable
+}
+
+export interface RenameOptions {
+  /** Fail with EEXIST rather than replace an existing destination. */
+  noReplace?: boolean
 }
