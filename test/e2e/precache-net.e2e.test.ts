@@ -139,15 +139,18 @@ describe('precache on a network that fails like a real one', () => {
     }
 
     const elapsed = Date.now() - started
+    const afterCut = Date.now() - cut
     expect(result.exitCode, result.stderr).toBe(3) // partial
-    expect(elapsed).toBeLessThan(90_000)
+    // Bounded by the attempt timeout (20 s, counted from before the cut), plus slack for a busy
+    // machine to write the report: a silent link never hangs the run as TCP alone would (~15 min).
+    expect(afterCut).toBeLessThan(20_000 + 15_000)
     const report = precacheReport(result)
     const status = Object.fromEntries(report.items.map((i) => [i.node, i.status]))
     expect(status).toEqual({node1: 'cached', node2: 'error', node3: 'cached'})
     const failed = report.items.find((i) => i.node === 'node2')!
     expect(failed.message).toBeTruthy()
     console.log(
-      `run ended ${((Date.now() - cut) / 1000).toFixed(1)} s after the cut (${(elapsed / 1000).toFixed(1)} s in all); node2: ${failed.code}: ${failed.message}`,
+      `run ended ${(afterCut / 1000).toFixed(1)} s after the cut (${(elapsed / 1000).toFixed(1)} s in all); node2: ${failed.code}: ${failed.message}`,
     )
     for (const name of ['node1', 'node3']) {
       expect(await sizeOf(path.join(cacheDir(name), sha1(big.id)))).toBe(24 * MiB)

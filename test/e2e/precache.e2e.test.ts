@@ -1,7 +1,7 @@
 import {execa, type ResultPromise} from 'execa'
 import got from 'got'
 import {createHash} from 'node:crypto'
-import {mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile} from 'node:fs/promises'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
@@ -401,6 +401,20 @@ while True:
 ' "$@"
 `
 
+/** `cat` on a hung disk, first on a node's PATH: it takes 1 MiB, then reads nothing more for 20 s. */
+const HUNG_CAT = `#!/bin/sh
+exec python3 -c '
+import sys, time
+taken = 0
+while taken < 1048576:
+    b = sys.stdin.buffer.read1(65536)
+    if not b: break
+    taken += len(b)
+time.sleep(20)
+sys.exit(1)
+' "$@"
+`
+
 describe('imgcache precache', () => {
   it.each(['node', 'relay'])(
     '--via %s: 3 nodes × 2 images from Glance all cached and correct; a second run finds them all existing',
@@ -467,6 +481,57 @@ describe('imgcache precache', () => {
       if (via === 'relay') expect(second.stdout).toContain('the image service was read 0 time(s)')
     },
   )
+
+  it('overlay, inspect and prune on an SSH node: the base is populated, used, reported and kept; an old unused base goes', async () => {
+    const sub = 'ssh-ops'
+    const at = onNode(fleet.node('node1'), sub)
+    const configFile = await writeConfig(sub, {aggregates: {web: {nodes: ['node1']}}})
+    const dest = path.join(at.root, 'vm-1', 'disk')
+    await mkdir(path.dirname(dest), {recursive: true})
+    const overlay = (args: string[]) =>
+      runCli(['overlay', ...args, '--node', 'node1', '--config', configFile, '--json'])
+    const made = await overlay(['e2e-raw', dest, '--size', '64M'])
+    expect(made.exitCode).toBe(0)
+    expect(parse<{base: {status: string}; overlay: Record<string, unknown>}>(made.stdout)).toMatchObject({
+      base: {status: 'cached'},
+      overlay: {backingFile: at.final(raw.id), backingFormat: 'raw', path: dest, virtualSize: 64 * MiB},
+    })
+    const info = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', dest])).stdout) as Record<
+      string,
+      unknown
+    >
+    expect(info).toMatchObject({
+      'backing-filename': at.final(raw.id),
+      'backing-filename-format': 'raw',
+      format: 'qcow2',
+    })
+    const again = await overlay(['e2e-raw', dest])
+    expect(again.exitCode).toBe(2)
+    expect(parse<ErrorJson>(again.stdout).error.code).toBe('DEST_EXISTS')
+    expect(await contents(path.dirname(dest))).toEqual(['disk'])
+
+    // A base nobody uses, two days old: the one thing prune may take.
+    const old = path.join(at.cacheDir, sha1('retired-image'))
+    await writeFile(old, 'retired')
+    const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000)
+    await utimes(old, twoDaysAgo, twoDaysAgo)
+    const inspected = await runCli(['inspect', '--node', 'node1', '--config', configFile, '--json'])
+    expect(inspected.exitCode).toBe(0)
+    const [view] = parse<{nodes: Array<{entries: Array<{name: string; prune: {outcome: string}; users: string[]}>}>}>(
+      inspected.stdout,
+    ).nodes
+    const entry = (name: string) => view?.entries.find((e) => e.name === name)
+    expect(entry(sha1(raw.id))).toMatchObject({prune: {outcome: 'in-use'}, users: ['vm-1']})
+    expect(entry(sha1('retired-image'))).toMatchObject({prune: {outcome: 'removed'}, users: []})
+
+    const pruned = await runCli(['prune', '--node', 'node1', '--config', configFile, '--json'])
+    expect(pruned.exitCode).toBe(0)
+    const [result] = parse<{nodes: Array<{removed: number}>}>(pruned.stdout).nodes
+    expect(result?.removed).toBe(1)
+    expect(await exists(old)).toBe(false)
+    expect(await fileSha256(at.final(raw.id))).toBe(sha256(rawContent))
+    await expectNoLeftovers([fleet.node('node1')])
+  })
 
   it('resolves the images and the aggregate before touching any node (exit 2)', async () => {
     const sub = 'unresolved'
@@ -573,6 +638,45 @@ describe('imgcache precache', () => {
     expect(await fileSha256(at.final(slow.id))).toBe(sha256(content))
     expect(await temporaries([victim], sub)).toEqual([])
     await expectNoLeftovers(fleet.nodes)
+  })
+
+  it('relay: a node that stops reading (a hung disk) is cut off after --stall-timeout; the other node is not held back', async () => {
+    const sub = 'stall'
+    const data = payload(30, 16 * MiB)
+    const configFile = await writeConfig(sub, {
+      aggregates: {web: {images: ['e2e-stall'], nodes: ['node1', 'node2']}},
+      images: {'e2e-stall': slowAlias('e2e-stall', data, 256 * MiB)},
+    })
+    const stuck = fleet.node('node2')
+    await writeFile(path.join(stuck.binDir, 'cat'), HUNG_CAT, {mode: 0o755})
+    onTestFinished(() => rm(path.join(stuck.binDir, 'cat'), {force: true}))
+    const started = Date.now()
+    const result = await precache(configFile, [
+      '--aggregate',
+      'web',
+      '--via',
+      'relay',
+      '--retries',
+      '0',
+      '--stall-timeout',
+      '3',
+      '--json',
+    ])
+    const elapsed = Date.now() - started
+    expect(result.exitCode, result.stderr).toBe(3)
+    const report = parse<Report>(result.stdout)
+    expect(item(report, 'node1', 'id-e2e-stall')).toMatchObject({status: 'cached'})
+    expect(item(report, 'node2', 'id-e2e-stall')).toMatchObject({code: 'NODE_STALLED', status: 'error'})
+    expect(item(report, 'node2', 'id-e2e-stall')?.message).toContain(
+      'node2 stopped reading image e2e-stall (id-e2e-stall) for 3 s',
+    )
+    // Cut off in seconds, not after the attempt timeout (30 min by default).
+    expect(elapsed).toBeLessThan(60_000)
+    expect(await fileSha256(onNode(fleet.node('node1'), sub).final('id-e2e-stall'))).toBe(sha256(data))
+    const at = onNode(stuck, sub)
+    expect(await contents(at.cacheDir)).toEqual([])
+    expect(await osloSees(at.lock('id-e2e-stall'))).toBe('FREE')
+    expect(await contents(spoolDir())).toEqual([])
   })
 
   it('node: sshd restarted on one node mid-transfer: the retry reconnects and resumes the node’s own download', async () => {
