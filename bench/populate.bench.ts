@@ -1,7 +1,8 @@
 /**
  * `imgcache populate` of a 1 GiB image from a real glance-api on loopback (started here with the
  * tests' harness, no Keystone) into a local cache, against fetching the same URL with `curl -o`,
- * and with `curl -o` then `sha512sum` (the two-pass way). imgcache does more than curl: it hashes
+ * with `curl -o` then `sha512sum` (the two-pass way), and with `curl -o` then `sync FILE` (the
+ * bytes on disk, which a rename into the cache needs: information). imgcache does more than curl: it hashes
  * (sha512, Glance's os_hash_algo) and inspects the format in the same pass, runs `qemu-img info`,
  * fsyncs, renames and writes its metadata. The image is raw, declared raw and pseudo-random (not
  * zeros), so no conversion to raw runs (curl does none either): like for like.
@@ -150,6 +151,12 @@ async function curlThenSha512sum(s: Setup): Promise<void> {
   if (digest !== s.image.os_hash_value) throw new Error(`sha512sum says ${digest}, glance ${s.image.os_hash_value}`)
 }
 
+/** curl, then the file flushed to disk (coreutils' sync FILE: fsync), as imgcache's rename requires. */
+async function curlThenSync(s: Setup): Promise<void> {
+  await curl(s)
+  await mustRun('sync', [s.curlOut])
+}
+
 interface CliRun {
   /** imgcache's own figure for the fetch (after Node and oclif start-up). */
   fetchMs?: number
@@ -190,8 +197,8 @@ async function imgcache(s: Setup): Promise<CliRun> {
   return {fetchMs: item.durationMs, rssKiB}
 }
 
-type Method = 'curl' | 'curlSha512sum' | 'imgcache'
-const METHODS: Method[] = ['curl', 'curlSha512sum', 'imgcache']
+type Method = 'curl' | 'curlSha512sum' | 'curlSync' | 'imgcache'
+const METHODS: Method[] = ['curl', 'curlSha512sum', 'curlSync', 'imgcache']
 
 interface Samples {
   fetchMs: number[]
@@ -201,7 +208,7 @@ interface Samples {
 
 /** `rounds` rounds of every method, the order rotated each round, each run from the same state. */
 async function measure(s: Setup, rounds: number, methods: Method[]): Promise<Samples> {
-  const samples: Samples = {fetchMs: [], ms: {curl: [], curlSha512sum: [], imgcache: []}, rssKiB: []}
+  const samples: Samples = {fetchMs: [], ms: {curl: [], curlSha512sum: [], curlSync: [], imgcache: []}, rssKiB: []}
   for (let round = 0; round < rounds; round++) {
     for (let i = 0; i < methods.length; i++) {
       const method = methods[(round + i) % methods.length]!
@@ -209,6 +216,7 @@ async function measure(s: Setup, rounds: number, methods: Method[]): Promise<Sam
       const run = await timed(async () => {
         if (method === 'curl') return curl(s)
         if (method === 'curlSha512sum') return curlThenSha512sum(s)
+        if (method === 'curlSync') return curlThenSync(s)
         return imgcache(s)
       })
       samples.ms[method].push(run.ms)
@@ -228,7 +236,7 @@ function verdict(ok: boolean): string {
 }
 
 function line(label: string, value: string, note = ''): void {
-  console.log(`  ${label.padEnd(50)} ${value.padStart(10)}  ${note}`.trimEnd())
+  console.log(`  ${label.padEnd(56)} ${value.padStart(10)}  ${note}`.trimEnd())
 }
 
 const runsOf = (ms: number[]) => `runs ${ms.map((m) => seconds(m)).join(', ')}`
@@ -264,6 +272,7 @@ async function main(): Promise<number> {
     const curlMs = median(m.ms.curl)
     const imgcacheMs = median(m.ms.imgcache)
     const twoPassMs = median(m.ms.curlSha512sum)
+    const durableMs = median(m.ms.curlSync)
     const rssMain = Math.max(...m.rssKiB)
     const rssLarge = Math.max(...l.rssKiB)
     const figures = {
@@ -287,6 +296,7 @@ async function main(): Promise<number> {
         imgcachePerCurl: imgcacheMs / curlMs,
         imgcachePerCurlLarge: l.ms.imgcache[0]! / l.ms.curl[0]!,
         imgcachePerCurlSha512sum: imgcacheMs / twoPassMs,
+        imgcachePerCurlSync: imgcacheMs / durableMs,
       },
       seconds: {
         curl: curlMs / 1000,
@@ -294,6 +304,8 @@ async function main(): Promise<number> {
         curlRuns: m.ms.curl.map((ms) => ms / 1000),
         curlSha512sum: twoPassMs / 1000,
         curlSha512sumRuns: m.ms.curlSha512sum.map((ms) => ms / 1000),
+        curlSync: durableMs / 1000,
+        curlSyncRuns: m.ms.curlSync.map((ms) => ms / 1000),
         imgcache: imgcacheMs / 1000,
         imgcacheFetch: median(m.fetchMs) / 1000,
         imgcacheLarge: l.ms.imgcache[0]! / 1000,
@@ -312,11 +324,13 @@ async function main(): Promise<number> {
     )
     line('baseline: curl -o', seconds(curlMs), runsOf(m.ms.curl))
     line('curl -o, then sha512sum (two passes)', seconds(twoPassMs), runsOf(m.ms.curlSha512sum))
+    line('curl -o, then sync FILE (on disk, as a rename needs)', seconds(durableMs), runsOf(m.ms.curlSync))
     line('imgcache populate --json (hash+inspect+qemu-img+fsync)', seconds(imgcacheMs), runsOf(m.ms.imgcache))
     line('  its own fetch time (after start-up)', seconds(median(m.fetchMs)))
     line('  bin/run.js --version (Node + oclif start-up)', seconds(startupMs))
     line('ratio curl+sha512sum / curl', ratio(figures.ratios.curlSha512sumPerCurl))
     line('ratio imgcache / curl+sha512sum', ratio(figures.ratios.imgcachePerCurlSha512sum))
+    line('ratio imgcache / curl+sync (information)', ratio(figures.ratios.imgcachePerCurlSync))
     line(
       'ratio imgcache / curl',
       ratio(figures.ratios.imgcachePerCurl),

@@ -244,6 +244,36 @@ describe('from a real glance-api', () => {
     expect((await readFile(result.path)).equals(rawContent)).toBe(true)
   })
 
+  it('hashes a large image off the receiving thread: the same sha512 as Glance, resumed or not; a damaged resume is refused', async () => {
+    // 72 MiB: past the size from which the hash runs on a worker thread.
+    const content = payload(9, 72 * MiB)
+    const large = await glance.uploadImage({data: content, diskFormat: 'raw', name: 'large'})
+    expect(large.os_hash_algo).toBe('sha512')
+    const image = await resolveOne(large.id)
+    const whole = await fetch(image, await host('large'))
+    expect(whole).toMatchObject({hash: {algorithm: 'sha512', value: large.os_hash_value, verified: true}})
+    expect(
+      createHash('sha512')
+        .update(await readFile(whole.path))
+        .digest('hex'),
+    ).toBe(large.os_hash_value)
+
+    const settings = await host('large-resume')
+    const part = path.join(settings.cacheDir, `${sha1(large.id)}.part`)
+    await mkdir(settings.cacheDir, {recursive: true})
+    await writeFile(part, content.subarray(0, 40 * MiB + 3))
+    expect(await fetch(image, settings)).toMatchObject({resumedFrom: 40 * MiB + 3, status: 'cached'})
+
+    const damagedAt = await host('large-damaged')
+    const damagedPart = path.join(damagedAt.cacheDir, `${sha1(large.id)}.part`)
+    await mkdir(damagedAt.cacheDir, {recursive: true})
+    const damaged = Buffer.from(content.subarray(0, 40 * MiB))
+    damaged.writeUInt8(damaged.readUInt8(30 * MiB) ^ 0xff, 30 * MiB)
+    await writeFile(damagedPart, damaged)
+    await expect(fetch(image, damagedAt)).rejects.toMatchObject({code: 'HASH_MISMATCH'})
+    expect(await contents(damagedAt.cacheDir)).toEqual([])
+  })
+
   it('collects every outcome of several images on one node; one refusal does not stop the others', async () => {
     const bad = await glance.uploadImage({diskFormat: 'qcow2', file: corpus['qcow2-backing-file'].path, name: 'bad'})
     const images = await resolveImages([raw.id, bad.id], {config: baseConfig(), cwd: work, env: {}, flags: {}})

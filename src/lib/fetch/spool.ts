@@ -76,10 +76,15 @@ export class Spool {
     vmdkAllowedTypes: readonly string[],
     signal?: AbortSignal,
   ): Promise<SpoolResult> {
-    const tap = new VerifyingTap(expected?.algorithm, new FormatInspector({vmdkAllowedTypes}), (bytes) => {
-      this.written = bytes
-      this.wake()
-    })
+    const tap = new VerifyingTap(
+      expected?.algorithm,
+      new FormatInspector({vmdkAllowedTypes}),
+      (bytes) => {
+        this.written = bytes
+        this.wake()
+      },
+      this.image.size,
+    )
     try {
       const file = await this.file
       try {
@@ -90,7 +95,7 @@ export class Spool {
       }
 
       this.written = tap.bytes
-      return {bytes: tap.bytes, digest: tap.hash?.digest('hex'), inspection: tap.inspector.finish()}
+      return {bytes: tap.bytes, digest: await tap.digest(), inspection: tap.inspector.finish()}
     } catch (error) {
       this.error =
         error instanceof ImgcacheError

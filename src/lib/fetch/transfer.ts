@@ -52,55 +52,62 @@ export function streamTransfer(open: (offset: number, signal?: AbortSignal) => P
         input.expected?.algorithm,
         new FormatInspector({vmdkAllowedTypes: settings.vmdkAllowedTypes}),
         (bytes) => input.onBytes(bytes, 'downloading'),
+        image.size,
       )
     let tap = newTap()
     let resumeFrom = 0
-    const partial = input.fresh ? undefined : await node.stat(part)
-    if (partial?.type === 'file' && partial.size > 0 && (image.size === undefined || partial.size <= image.size)) {
-      input.onBytes(0, 'resuming')
-      for await (const chunk of await node.openRead(part)) {
-        tap.absorb(chunk as Buffer)
-        input.onBytes(tap.bytes, 'resuming')
+    try {
+      const partial = input.fresh ? undefined : await node.stat(part)
+      if (partial?.type === 'file' && partial.size > 0 && (image.size === undefined || partial.size <= image.size)) {
+        input.onBytes(0, 'resuming')
+        for await (const chunk of await node.openRead(part)) {
+          await tap.absorb(chunk as Buffer)
+          input.onBytes(tap.bytes, 'resuming')
+        }
+
+        resumeFrom = tap.bytes
       }
 
-      resumeFrom = tap.bytes
-    }
+      let downloaded = 0
+      if (image.size === undefined || resumeFrom < image.size) {
+        const opened = await open(resumeFrom, input.signal)
+        if (opened.offset !== resumeFrom) {
+          // The server ignored the Range request and sends the whole image: start over with it.
+          tap.dispose()
+          tap = newTap()
+          resumeFrom = 0
+        }
 
-    let downloaded = 0
-    if (image.size === undefined || resumeFrom < image.size) {
-      const opened = await open(resumeFrom, input.signal)
-      if (opened.offset !== resumeFrom) {
-        // The server ignored the Range request and sends the whole image: start over with it.
-        tap = newTap()
-        resumeFrom = 0
+        const sink = await node.openWrite(part, {append: resumeFrom > 0, signal: input.signal})
+        const before = tap.bytes
+        try {
+          await pipeline(opened.stream, tap, sink.stream, {signal: input.signal})
+        } catch (error) {
+          sink.abort()
+          throw transferError(error, input)
+        }
+
+        const onDisk = await sink.finish()
+        downloaded = tap.bytes - before
+        if (onDisk !== tap.bytes) {
+          throw new ImgcacheError('WRITE_INCOMPLETE', `${part} holds ${onDisk} bytes but ${tap.bytes} were sent`, {
+            image: image.id,
+            node: node.name,
+            path: part,
+          })
+        }
       }
 
-      const sink = await node.openWrite(part, {append: resumeFrom > 0, signal: input.signal})
-      const before = tap.bytes
-      try {
-        await pipeline(opened.stream, tap, sink.stream, {signal: input.signal})
-      } catch (error) {
-        sink.abort()
-        throw transferError(error, input)
+      return {
+        bytes: tap.bytes,
+        digest: input.expected && tap.hashing ? await tap.digest() : undefined,
+        downloaded,
+        inspection: tap.inspector.finish(),
+        resumedFrom: resumeFrom > 0 ? resumeFrom : undefined,
       }
-
-      const onDisk = await sink.finish()
-      downloaded = tap.bytes - before
-      if (onDisk !== tap.bytes) {
-        throw new ImgcacheError('WRITE_INCOMPLETE', `${part} holds ${onDisk} bytes but ${tap.bytes} were sent`, {
-          image: image.id,
-          node: node.name,
-          path: part,
-        })
-      }
-    }
-
-    return {
-      bytes: tap.bytes,
-      digest: input.expected && tap.hash ? tap.hash.digest('hex') : undefined,
-      downloaded,
-      inspection: tap.inspector.finish(),
-      resumedFrom: resumeFrom > 0 ? resumeFrom : undefined,
+    } catch (error) {
+      tap.dispose()
+      throw error
     }
   }
 }
