@@ -27,16 +27,9 @@ import type {
 import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError} from '../errors.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
+import {loadExeca} from './execa-lazy.js'
 import {fsUsage, scanLocal, statEntry} from './local-scan.js'
 import {writebackFs} from './writeback.js'
-
-/**
- * execa is loaded on first use (~0.1 s of module loading): commands that run no program on the
- * local host, inspect among them, do not pay for it at start-up.
- */
-async function loadExeca(): Promise<typeof Execa> {
-  return (await import('execa')).execa
-}
 
 /** Bytes written to a file between two background fdatasyncs (see writebackFs). */
 const WRITEBACK_BYTES = 64 * 1024 * 1024

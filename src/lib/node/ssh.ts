@@ -1,4 +1,5 @@
-import {execa, type ResultPromise} from 'execa'
+import type {ResultPromise} from 'execa'
+
 import {type Readable, Writable} from 'node:stream'
 import {finished} from 'node:stream/promises'
 
@@ -24,6 +25,7 @@ import type {
 import {ImgcacheError, RemoteCommandError} from '../errors.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
+import {loadedExeca, loadExeca} from './execa-lazy.js'
 import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
 
 /** ssh failure kinds that mean "the node cannot be reached": precache reports it `skipped`. */
@@ -211,6 +213,7 @@ export class SshNode implements Node {
     await this.agent?.close()
     for (const child of this.children) child.kill('SIGTERM')
     if (this.connected) {
+      const execa = await loadExeca()
       await execa('ssh', sshControlArgv(this.target, 'exit'), {
         detached: true,
         reject: false,
@@ -243,6 +246,7 @@ export class SshNode implements Node {
   ): Promise<RunResult> {
     if (this.closed)
       throw new ImgcacheError('NODE_CLOSED', `${this.name}: connection already closed`, {node: this.name})
+    const execa = await loadExeca()
     const child = execa('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === undefined}), {
       cancelSignal: options.signal,
       // A process group of its own: a terminal's Ctrl-C reaches imgcache only, which then removes
@@ -483,7 +487,8 @@ export class SshNode implements Node {
 
   /** Start an argv on the node with streams (uploads, downloads, the agent). */
   spawn(argv: string[], options: {stdin: 'ignore' | 'pipe'}): ResultPromise {
-    const child = execa('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === 'ignore'}), {
+    // Every spawn follows connect(), whose exec() has loaded execa.
+    const child = loadedExeca()('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === 'ignore'}), {
       buffer: {stderr: true, stdout: false},
       detached: true, // out of the terminal's process group, as in exec()
       encoding: 'buffer',
