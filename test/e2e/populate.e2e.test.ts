@@ -1,5 +1,4 @@
 import {execa, type ResultPromise} from 'execa'
-import {createHash} from 'node:crypto'
 import {mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
@@ -9,9 +8,10 @@ import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
-import {type CorpusName, makeImageCorpus, seededRandom} from '../helpers/image-corpus.js'
+import {type CorpusName, makeImageCorpus} from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
 import {holdOsloLock, osloSees} from '../helpers/oslo-lock.js'
+import {payload, sha256} from '../helpers/payload.js'
 
 // bin/run.js populate / overlay as an operator runs them: exit codes, --json, files on disk. One
 // glance-api for the file (its data dir is ours, so that it can be killed and started again), a
@@ -47,16 +47,6 @@ interface ErrorJson {
   error: {code: string; message: string; suggestions: string[]}
   status: number
 }
-
-/** Bytes no format probe matches (zero head, then seeded noise that never repeats). */
-function payload(seed: number, size: number): Buffer {
-  const random = seededRandom(seed)
-  const buf = Buffer.alloc(size)
-  for (let i = 64 * 1024; i < size; i++) buf[i] = Math.floor(random() * 256)
-  return buf
-}
-
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
 
 async function writeConfig(): Promise<void> {
   await writeFile(config, JSON.stringify({images: aliases, imageService: {endpoint: glance.url}}))

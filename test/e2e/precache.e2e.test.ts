@@ -1,6 +1,5 @@
 import {execa, type ResultPromise} from 'execa'
 import got from 'got'
-import {createHash} from 'node:crypto'
 import {mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile} from 'node:fs/promises'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
@@ -11,11 +10,12 @@ import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, flat, runCli} from '../helpers/cli.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
-import {makeImageCorpus, seededRandom} from '../helpers/image-corpus.js'
+import {makeImageCorpus} from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
 import {type KeystoneHandle, startKeystone} from '../helpers/keystone.js'
 import {startNodes, type TestNode, type TestNodes} from '../helpers/nodes.js'
 import {osloSees} from '../helpers/oslo-lock.js'
+import {payload, sha256} from '../helpers/payload.js'
 
 // bin/run.js precache over real sshd nodes on loopback, as an operator runs it from a bastion:
 // exit codes, the JSON report, the files on every node, the processes left (or not) on them. One
@@ -70,16 +70,6 @@ interface ErrorJson {
   error: {code: string; message: string; suggestions: string[]}
   status: number
 }
-
-/** Bytes no format probe matches (zero head, then seeded noise). */
-function payload(seed: number, size: number): Buffer {
-  const random = seededRandom(seed)
-  const buf = Buffer.alloc(size)
-  for (let i = 64 * 1024; i < size; i++) buf[i] = Math.floor(random() * 256)
-  return buf
-}
-
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
 
 /** Where a node keeps one test's cache: a directory of its own under the node's instances dir. */
 function onNode(node: TestNode, sub: string) {

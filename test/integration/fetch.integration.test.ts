@@ -19,11 +19,11 @@ import {
   type CorpusImage,
   type CorpusName,
   makeImageCorpus,
-  seededRandom,
   vmdkDescriptor,
   vmdkSparse,
 } from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
+import {payload, sha256} from '../helpers/payload.js'
 
 // Domain level: fetchIntoCache and populateNode on this host against one real glance-api (no
 // Keystone, sqlite, file store), real qemu-img, a small HTTP server for the failure modes Glance
@@ -36,16 +36,6 @@ let corpus: Record<CorpusName, CorpusImage>
 let server: ImageServer
 let tmpfs: string | undefined
 const node = new LocalNode()
-
-/** Bytes no format probe matches (zero head, then seeded noise that never repeats). */
-function payload(seed: number, size: number): Buffer {
-  const random = seededRandom(seed)
-  const buf = Buffer.alloc(size)
-  for (let i = 64 * 1024; i < size; i++) buf[i] = Math.floor(random() * 256)
-  return buf
-}
-
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'imgcache-it-fetch-'))

@@ -1,0 +1,16 @@
+import {createHash} from 'node:crypto'
+
+import {seededRandom} from './image-corpus.js'
+
+/**
+ * Image bytes no format probe matches: a zero head (64 KiB), then seeded noise that never repeats.
+ * The same seed gives the same bytes, so a test can make them again to compare.
+ */
+export function payload(seed: number, size: number): Buffer {
+  const random = seededRandom(seed)
+  const buf = Buffer.alloc(size)
+  for (let i = 64 * 1024; i < size; i++) buf[i] = Math.floor(random() * 256)
+  return buf
+}
+
+export const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
