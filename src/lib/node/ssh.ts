@@ -28,6 +28,9 @@ import {AGENT_PY} from './agent-py.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
 import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
 
+/** How often a node-side download is looked at: its progress, and whether curl has ended. */
+const FETCH_POLL_MS = 250
+
 /** ssh failure kinds that mean "the node cannot be reached": precache reports it `skipped`. */
 export const UNREACHABLE_CODES = new Set(['SSH_DNS', 'SSH_REFUSED', 'SSH_TIMEOUT', 'SSH_UNREACHABLE'])
 
@@ -305,8 +308,9 @@ export class SshNode implements Node {
         if (status.bytes !== undefined) options.onBytes?.(status.bytes)
         if (!status.running) break
         if (options.signal?.aborted) throw options.signal.reason
+        // Often enough that the next step starts soon after curl ends (the link idles meanwhile).
         // eslint-disable-next-line no-await-in-loop
-        await sleep(750, options.signal)
+        await sleep(FETCH_POLL_MS, options.signal)
       }
     } catch (error) {
       await agent.request('kill', {pid}, 'cannot stop curl for', request.dest).catch(() => undefined)
