@@ -1,5 +1,5 @@
 import {execa, type ResultPromise} from 'execa'
-import {mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, open, readFile, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
@@ -7,6 +7,7 @@ import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
+import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {type CorpusName, makeImageCorpus} from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
@@ -96,31 +97,6 @@ function spawnCli(root: string, args: string[], json = true): ResultPromise {
 
 function parse<T>(stdout: unknown): T {
   return JSON.parse(String(stdout)) as T
-}
-
-async function contents(dir: string): Promise<string[]> {
-  return (await readdir(dir).catch(() => [] as string[])).sort()
-}
-
-async function exists(file: string): Promise<boolean> {
-  return stat(file).then(
-    () => true,
-    () => false,
-  )
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => {
-      setTimeout(resolve, 10)
-    })
-  }
-}
-
-async function sizeOf(file: string): Promise<number> {
-  return (await stat(file).catch(() => undefined))?.size ?? 0
 }
 
 async function glanceDownloads(id: string): Promise<number> {

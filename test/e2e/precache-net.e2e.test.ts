@@ -1,5 +1,5 @@
 import {createCipheriv, createHash} from 'node:crypto'
-import {mkdtemp, readdir, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -8,6 +8,7 @@ import type {PrecacheReport} from '../../src/commands/precache.js'
 
 import {sha1} from '../fixtures/nova-host.js'
 import {type CliResult, runCli} from '../helpers/cli.js'
+import {sizeOf, until} from '../helpers/files.js'
 import {fleetConfig} from '../helpers/fleet.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
@@ -41,20 +42,6 @@ function noise(seed: number, size: number): Buffer {
 
 function cacheDir(name: string): string {
   return path.join(nodes.node(name).instancesPath, '_base')
-}
-
-async function sizeOf(file: string): Promise<number> {
-  return (await stat(file).catch(() => undefined))?.size ?? 0
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => {
-      setTimeout(resolve, 25)
-    })
-  }
 }
 
 /** Temporaries imgcache leaves while it works (`.part`, `.converted`) in a node's cache dir. */

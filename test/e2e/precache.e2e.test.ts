@@ -1,6 +1,6 @@
 import {execa, type ResultPromise} from 'execa'
 import got from 'got'
-import {mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, open, readdir, readFile, rm, utimes, writeFile} from 'node:fs/promises'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
@@ -9,6 +9,7 @@ import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, flat, runCli} from '../helpers/cli.js'
+import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {makeImageCorpus} from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
@@ -147,31 +148,6 @@ function parse<T>(stdout: unknown): T {
 
 function item(report: Report, node: string, imageId: string): Item | undefined {
   return report.items.find((i) => i.node === node && i.image.id === imageId)
-}
-
-async function contents(dir: string): Promise<string[]> {
-  return (await readdir(dir).catch(() => [] as string[])).sort()
-}
-
-async function exists(file: string): Promise<boolean> {
-  return stat(file).then(
-    () => true,
-    () => false,
-  )
-}
-
-async function sizeOf(file: string): Promise<number> {
-  return (await stat(file).catch(() => undefined))?.size ?? 0
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => {
-      setTimeout(resolve, 20)
-    })
-  }
 }
 
 async function fileSha256(file: string): Promise<string> {
