@@ -1,5 +1,5 @@
 #!/usr/bin/env node
 
-import {execute} from '@oclif/core'
+import {execute} from '../dist/cli.js'
 
 await execute({dir: import.meta.url})

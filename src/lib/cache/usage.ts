@@ -2,6 +2,7 @@ import {posix} from 'node:path'
 
 import type {CacheScan, EntryStat, InstanceDirScan} from '../node/types.js'
 
+import {childPath} from '../paths.js'
 import {classifyNova, resizedVariantOf} from './classify.js'
 import {type DomainInfo, parseDomainXml} from './domain-xml.js'
 import {cacheName} from './naming.js'
@@ -105,12 +106,12 @@ export class HeaderIndex {
 export function indexScan(scan: CacheScan, settings: UsageSettings): HeaderIndex {
   const index = new HeaderIndex()
   for (const entry of scan.cacheDir.entries) {
-    if (entry.head) index.addHead(posix.join(settings.cacheDir, entry.name), entry.head, entry.size)
+    if (entry.head) index.addHead(childPath(settings.cacheDir, entry.name), entry.head, entry.size)
   }
 
   for (const dir of scan.instanceDirs) {
     for (const disk of dir.disks) {
-      const path = posix.join(settings.instancesPath, dir.name, disk.name)
+      const path = childPath(childPath(settings.instancesPath, dir.name), disk.name)
       if (disk.head) index.addHead(path, disk.head, disk.size ?? disk.head.length)
       else if (disk.error && disk.errorCode !== 'ENOENT') index.errors.set(path, disk.error)
     }
@@ -353,7 +354,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
   const views: Array<{domain?: DomainInfo; firstBacking: string[]; view: InstanceView}> = []
   for (const dir of scan.instanceDirs) {
     if (!isInstanceDirName(dir.name, cacheDirName)) continue
-    const dirPath = posix.join(settings.instancesPath, dir.name)
+    const dirPath = childPath(settings.instancesPath, dir.name)
     if (dir.error) {
       report.problems.push({instance: dir.name, path: dirPath, reason: dir.error})
       continue
@@ -393,7 +394,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     }
     const firstBacking: string[] = []
     for (const diskName of diskPathsOf(dir)) {
-      const path = posix.join(dirPath, diskName)
+      const path = childPath(dirPath, diskName)
       const error = index.errors.get(path)
       if (error) {
         report.problems.push({instance: label, path, reason: error})

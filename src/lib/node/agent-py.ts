@@ -100,9 +100,6 @@ def scan(q):
             if f.name == "libvirt.xml":
                 try: r["libvirtXml"] = read_text(fp)
                 except OSError: pass
-            elif f.name == "disk.info":
-                try: r["diskInfo"] = read_text(fp)
-                except OSError: pass
             elif is_disk(f.name):
                 disk = {"name": f.name}
                 try:

@@ -24,6 +24,7 @@ import {join} from 'node:path'
 import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
 
 import {errnoCode} from '../errors.js'
+import {childPath} from '../paths.js'
 
 /** Files of an instance directory that may be disks (Nova's names: reference §1.1). */
 export function isDiskName(name: string): boolean {
@@ -160,6 +161,27 @@ function readHeadSync(path: string, bytes: number): {head: Buffer; size: number}
   }
 }
 
+/** Small text files (libvirt.xml) are read into this buffer: open, pread, close and nothing more. */
+const TEXT_BUFFER = Buffer.allocUnsafe(64 * 1024)
+
+function readTextSync(path: string): string | undefined {
+  let fd: number
+  try {
+    fd = openSync(path, 'r')
+  } catch {
+    return undefined
+  }
+
+  try {
+    const length = readSync(fd, TEXT_BUFFER, 0, TEXT_BUFFER.length, 0)
+    return length < TEXT_BUFFER.length ? TEXT_BUFFER.toString('utf8', 0, length) : readFileSync(path, 'utf8')
+  } catch {
+    return undefined
+  } finally {
+    closeSync(fd)
+  }
+}
+
 /**
  * Synchronous calls, one after another on the main thread. On a local file system with a warm page
  * cache each call takes microseconds, and a hop through libuv's thread pool (4 threads, competing
@@ -186,13 +208,7 @@ const syncFs: ScanFs = {
   readdirTyped: (dir) => readdirSync(dir, {withFileTypes: true}),
   readHead: readHeadSync,
   readlink: (path) => readlinkSync(path),
-  readText(path) {
-    try {
-      return readFileSync(path, 'utf8')
-    } catch {
-      return undefined
-    }
-  },
+  readText: readTextSync,
   stat: (path) => statSync(path),
 }
 
@@ -284,7 +300,7 @@ async function scanInstanceDir(
   name: string,
   headBytes: number,
 ): Promise<InstanceDirScan> {
-  const dir = join(instancesPath, name)
+  const dir = childPath(instancesPath, name)
   let names: Dirent[]
   try {
     names = await fs.readdirTyped(dir)
@@ -296,11 +312,9 @@ async function scanInstanceDir(
   const files = names.filter((d) => d.isFile() || d.isSymbolicLink())
   await Promise.all(
     files.map(async (d) => {
-      const path = join(dir, d.name)
+      const path = childPath(dir, d.name)
       if (d.name === 'libvirt.xml') {
         result.libvirtXml = await fs.readText(path)
-      } else if (d.name === 'disk.info') {
-        result.diskInfo = await fs.readText(path)
       } else if (isDiskName(d.name)) {
         const disk: DiskHead = {name: d.name}
         try {

@@ -32,8 +32,6 @@ export interface DiskHead {
 }
 
 export interface InstanceDirScan {
-  /** `disk.info` content (JSON map path → format) when present. */
-  diskInfo?: string
   /** Disk-like files of the directory (`disk`, `disk.*` but not `disk.info*`, `kernel`, `ramdisk`) and their heads. */
   disks: DiskHead[]
   /** Why the directory itself could not be listed. */
