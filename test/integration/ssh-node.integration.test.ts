@@ -1,6 +1,8 @@
 import {execa} from 'execa'
 import {readFile, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
+import {Readable} from 'node:stream'
+import {pipeline} from 'node:stream/promises'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {analyzeNode} from '../../src/lib/analysis.js'
@@ -146,6 +148,37 @@ describe('an SSH node runs the same operations as the local host', () => {
       await expect(remote.rename(join(dir, 'nope'), join(dir, 'x'))).rejects.toMatchObject({code: 'FS_ENOENT'})
     } finally {
       await remote.close()
+      await rm(dir, {force: true, recursive: true})
+    }
+  })
+
+  it('a write that fills the node’s disk fails as NO_SPACE, naming the node and the file', async () => {
+    const remote = sshNode('node1')
+    const dir = join(nodes.node('node1').instancesPath, 'full-disk')
+    await remote.mkdirp(dir)
+    // A 4 MiB file system on the node: the free-space preflight is not involved, only cat's write.
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=4M', 'tmpfs', dir])
+    try {
+      const path = join(dir, 'image.part')
+      const sink = await remote.openWrite(path)
+      const data = Buffer.alloc(8 * 1024 * 1024, 1)
+      // As a transfer does: the pipeline fails when cat's failure reaches the stream in time,
+      // otherwise finish() reports it. Either way it is cat's reason, not a broken pipe.
+      const failure = await pipeline(Readable.from([data.subarray(0, 4 << 20), data.subarray(4 << 20)]), sink.stream)
+        .then(async () => sink.finish())
+        .then(
+          () => undefined,
+          (error: unknown) => error,
+        )
+      expect(failure).toMatchObject({
+        code: 'NO_SPACE',
+        message: `no space left on node1 (${remote.description}) while writing ${path}`,
+        subject: {node: 'node1', path},
+      })
+      expect((await remote.stat(path))?.size).toBeLessThanOrEqual(4 << 20)
+    } finally {
+      await remote.close()
+      await execa('umount', [dir])
       await rm(dir, {force: true, recursive: true})
     }
   })

@@ -170,6 +170,14 @@ export function curlError(
  * The program env(1) or sh could not find, from its message (exit status 127): GNU env's
  * "env: 'qemu-img': No such file or directory" (curly quotes in a UTF-8 locale), sh's "qemu-img: not found".
  */
+/** A child's collected output as text, whether execa gave it as a string or as bytes. */
+function textOf(output: unknown): string {
+  if (output === undefined || output === null) return ''
+  if (output instanceof Uint8Array)
+    return Buffer.from(output.buffer, output.byteOffset, output.byteLength).toString('utf8')
+  return String(output)
+}
+
 export function programNotFound(stderr: string): string | undefined {
   const env = /^env: ['‘"]?(.+?)['’"]?: No such file or directory$/m.exec(stderr)
   if (env) return env[1]
@@ -344,7 +352,8 @@ export class SshNode implements Node {
     const {stdin} = child
     const failure = (result: {exitCode?: number; stderr?: unknown}): ImgcacheError | undefined => {
       if (result.exitCode === 0) return undefined
-      const stderr = String(result.stderr ?? '')
+      // spawn() collects stderr as bytes (encoding 'buffer'): String() of them would be their numbers.
+      const stderr = textOf(result.stderr)
       if (result.exitCode === SSH_FAILURE_STATUS) return sshError(this, stderr, `writing ${path}`)
       if (/No space left on device|Disk quota exceeded/.test(stderr)) {
         return new ImgcacheError(
