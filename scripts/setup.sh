@@ -31,7 +31,24 @@ if (( ${#missing[@]} )); then
   apt_install || { apt-get update -q -o DPkg::Lock::Timeout=600 >&2 && apt_install; }
 fi
 
-command -v node >/dev/null || { log "Node.js 20.10 or newer is needed (apt-get install nodejs, or nodesource)"; exit 1; }
+# Node.js from apt when a configured repository has 20.10 or newer (Debian 13, Ubuntu 24.04,
+# nodesource); Debian 12's own nodejs is 18, too old: then say what to do.
+if ! command -v node >/dev/null && [[ $(id -u) == 0 ]]; then
+  candidate=$(apt-cache policy nodejs 2>/dev/null | awk '/Candidate:/ {print $2}')
+  if [[ -n $candidate && $candidate != '(none)' ]] && dpkg --compare-versions "$candidate" ge 20.10; then
+    log "installing nodejs $candidate (apt)"
+    apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends nodejs >&2
+    # nodesource's nodejs carries npm (and conflicts with Debian's); Debian's does not.
+    if ! command -v npm >/dev/null && [[ $(dpkg -L nodejs 2>/dev/null) != *'/usr/bin/npm'* ]]; then
+      apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends npm >&2
+    fi
+  fi
+fi
+command -v node >/dev/null || {
+  log "Node.js 20.10 or newer is needed and no apt repository here has it: add nodesource's (https://github.com/nodesource/distributions) and run this again"
+  exit 1
+}
+command -v npm >/dev/null || { log "npm is missing: apt-get install npm, then run this again"; exit 1; }
 major=$(node -p 'process.versions.node.split(".")[0]')
 minor=$(node -p 'process.versions.node.split(".")[1]')
 (( major > 20 || (major == 20 && minor >= 10) )) || { log "Node.js $(node --version) is too old: imgcache needs 20.10 or newer"; exit 1; }
