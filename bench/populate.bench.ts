@@ -2,7 +2,9 @@
  * `imgcache populate` of a 1 GiB image from a real glance-api on loopback (started here with the
  * tests' harness, no Keystone) into a local cache, against fetching the same URL with `curl -o`,
  * with `curl -o` then `sha512sum` (the two-pass way), and with `curl -o` then `sync FILE` (the
- * bytes on disk, which a rename into the cache needs: information). imgcache does more than curl: it hashes
+ * bytes on disk, which a rename into the cache needs: information), and with `curl | tee FILE |
+ * sha512sum` then `sync FILE` (the same streamed, hashed, durable work with standard tools, in one
+ * pass: information). imgcache does more than curl: it hashes
  * (sha512, Glance's os_hash_algo) and inspects the format in the same pass, runs `qemu-img info`,
  * fsyncs, renames and writes its metadata. The image is raw, declared raw and pseudo-random (not
  * zeros), so no conversion to raw runs (curl does none either): like for like.
@@ -151,6 +153,26 @@ async function curlThenSha512sum(s: Setup): Promise<void> {
   if (digest !== s.image.os_hash_value) throw new Error(`sha512sum says ${digest}, glance ${s.image.os_hash_value}`)
 }
 
+/**
+ * The same work as imgcache with standard tools, in one pass: curl's bytes teed into the file and
+ * into sha512sum at once, then the file flushed to disk. Streamed, hashed and durable, like
+ * imgcache (which also inspects the format and runs qemu-img).
+ */
+async function curlTeeSha512sumSync(s: Setup): Promise<void> {
+  const {stdout} = await mustRun('bash', [
+    '-c',
+    'set -o pipefail; curl -sS --fail "$1" | tee "$2" | sha512sum && sync "$2"',
+    'bash',
+    s.url,
+    s.curlOut,
+  ])
+  const digest = stdout.split(' ')[0]
+  if (digest !== s.image.os_hash_value)
+    throw new Error(`curl | tee | sha512sum says ${digest}, glance ${s.image.os_hash_value}`)
+  const {size} = await stat(s.curlOut)
+  if (size !== s.image.size) throw new Error(`curl | tee wrote ${size} bytes, the image has ${s.image.size}`)
+}
+
 /** curl, then the file flushed to disk (coreutils' sync FILE: fsync), as imgcache's rename requires. */
 async function curlThenSync(s: Setup): Promise<void> {
   await curl(s)
@@ -197,8 +219,8 @@ async function imgcache(s: Setup): Promise<CliRun> {
   return {fetchMs: item.durationMs, rssKiB}
 }
 
-type Method = 'curl' | 'curlSha512sum' | 'curlSync' | 'imgcache'
-const METHODS: Method[] = ['curl', 'curlSha512sum', 'curlSync', 'imgcache']
+type Method = 'curl' | 'curlSha512sum' | 'curlSync' | 'curlTee' | 'imgcache'
+const METHODS: Method[] = ['curl', 'curlSha512sum', 'curlSync', 'curlTee', 'imgcache']
 
 interface Samples {
   fetchMs: number[]
@@ -208,7 +230,11 @@ interface Samples {
 
 /** `rounds` rounds of every method, the order rotated each round, each run from the same state. */
 async function measure(s: Setup, rounds: number, methods: Method[]): Promise<Samples> {
-  const samples: Samples = {fetchMs: [], ms: {curl: [], curlSha512sum: [], curlSync: [], imgcache: []}, rssKiB: []}
+  const samples: Samples = {
+    fetchMs: [],
+    ms: {curl: [], curlSha512sum: [], curlSync: [], curlTee: [], imgcache: []},
+    rssKiB: [],
+  }
   for (let round = 0; round < rounds; round++) {
     for (let i = 0; i < methods.length; i++) {
       const method = methods[(round + i) % methods.length]!
@@ -217,6 +243,7 @@ async function measure(s: Setup, rounds: number, methods: Method[]): Promise<Sam
         if (method === 'curl') return curl(s)
         if (method === 'curlSha512sum') return curlThenSha512sum(s)
         if (method === 'curlSync') return curlThenSync(s)
+        if (method === 'curlTee') return curlTeeSha512sumSync(s)
         return imgcache(s)
       })
       samples.ms[method].push(run.ms)
@@ -273,6 +300,7 @@ async function main(): Promise<number> {
     const imgcacheMs = median(m.ms.imgcache)
     const twoPassMs = median(m.ms.curlSha512sum)
     const durableMs = median(m.ms.curlSync)
+    const onePassMs = median(m.ms.curlTee)
     const rssMain = Math.max(...m.rssKiB)
     const rssLarge = Math.max(...l.rssKiB)
     const figures = {
@@ -297,6 +325,7 @@ async function main(): Promise<number> {
         imgcachePerCurlLarge: l.ms.imgcache[0]! / l.ms.curl[0]!,
         imgcachePerCurlSha512sum: imgcacheMs / twoPassMs,
         imgcachePerCurlSync: imgcacheMs / durableMs,
+        imgcachePerCurlTeeSync: imgcacheMs / onePassMs,
       },
       seconds: {
         curl: curlMs / 1000,
@@ -306,6 +335,8 @@ async function main(): Promise<number> {
         curlSha512sumRuns: m.ms.curlSha512sum.map((ms) => ms / 1000),
         curlSync: durableMs / 1000,
         curlSyncRuns: m.ms.curlSync.map((ms) => ms / 1000),
+        curlTeeSha512sumSync: onePassMs / 1000,
+        curlTeeSha512sumSyncRuns: m.ms.curlTee.map((ms) => ms / 1000),
         imgcache: imgcacheMs / 1000,
         imgcacheFetch: median(m.fetchMs) / 1000,
         imgcacheLarge: l.ms.imgcache[0]! / 1000,
@@ -325,12 +356,14 @@ async function main(): Promise<number> {
     line('baseline: curl -o', seconds(curlMs), runsOf(m.ms.curl))
     line('curl -o, then sha512sum (two passes)', seconds(twoPassMs), runsOf(m.ms.curlSha512sum))
     line('curl -o, then sync FILE (on disk, as a rename needs)', seconds(durableMs), runsOf(m.ms.curlSync))
+    line('curl | tee FILE | sha512sum, then sync FILE (one pass)', seconds(onePassMs), runsOf(m.ms.curlTee))
     line('imgcache populate --json (hash+inspect+qemu-img+fsync)', seconds(imgcacheMs), runsOf(m.ms.imgcache))
     line('  its own fetch time (after start-up)', seconds(median(m.fetchMs)))
     line('  bin/run.js --version (Node + oclif start-up)', seconds(startupMs))
     line('ratio curl+sha512sum / curl', ratio(figures.ratios.curlSha512sumPerCurl))
     line('ratio imgcache / curl+sha512sum', ratio(figures.ratios.imgcachePerCurlSha512sum))
     line('ratio imgcache / curl+sync (information)', ratio(figures.ratios.imgcachePerCurlSync))
+    line('ratio imgcache / curl|tee|sha512sum+sync (information)', ratio(figures.ratios.imgcachePerCurlTeeSync))
     line(
       'ratio imgcache / curl',
       ratio(figures.ratios.imgcachePerCurl),
