@@ -18,19 +18,29 @@ const commands = readdirSync('src/commands')
 rmSync('dist', {force: true, recursive: true})
 await build({
   banner: {
-    // CommonJS dependencies bundled into ES modules still call require() for Node's built-ins.
-    js: "import {createRequire as __imgcacheCreateRequire} from 'node:module'; const require = __imgcacheCreateRequire(import.meta.url);",
+    // CommonJS dependencies bundled into ES modules still call require() for Node's built-ins, and
+    // some read __filename and __dirname (cosmiconfig's import-fresh fallback, oclif's engine check).
+    js: [
+      "import {createRequire as __imgcacheCreateRequire} from 'node:module';",
+      "import {dirname as __imgcacheDirname} from 'node:path';",
+      "import {fileURLToPath as __imgcacheFileURLToPath} from 'node:url';",
+      'const require = __imgcacheCreateRequire(import.meta.url);',
+      'const __filename = __imgcacheFileURLToPath(import.meta.url);',
+      'const __dirname = __imgcacheDirname(__filename);',
+    ].join(' '),
   },
   bundle: true,
   chunkNames: 'chunks/[name]-[hash]',
   entryPoints: ['src/cli.ts', ...commands],
-  // cosmiconfig loads TypeScript only for a .ts config file, from the user's node_modules.
+  // cosmiconfig loads TypeScript only for a .ts config file; it is resolved at run time, from
+  // imgcache's own node_modules (a devDependency: a .ts config needs it installed).
   external: ['typescript'],
   format: 'esm',
   legalComments: 'linked',
   logLevel: 'warning',
+  // Whitespace is kept: a stack trace (printed for a BUG) then points at readable lines of the chunk,
+  // each chunk naming the source files it holds. Measured: no difference in start-up time.
   minifySyntax: true,
-  minifyWhitespace: true,
   outbase: 'src',
   outdir: 'dist',
   platform: 'node',

@@ -16,6 +16,11 @@ if [[ "${1:-}" == --test ]]; then
   packages+=(openssh-server openssh-client python3-oslo.concurrency glance-api keystone sqlite3 iproute2 procps util-linux time)
 fi
 
+export DEBIAN_FRONTEND=noninteractive
+apt_get() { apt-get -q -o DPkg::Lock::Timeout=600 "$@" >&2; }
+# Install with apt; when the lists are stale (a 404) or empty, refresh them and try once more.
+apt_install() { apt_get install -y --no-install-recommends "$@" || { apt_get update && apt_get install -y --no-install-recommends "$@"; }; }
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,29 +30,39 @@ if (( ${#missing[@]} )); then
     log "missing Debian packages: ${missing[*]}; run as root or install them first"; exit 1
   fi
   log "installing ${missing[*]} (apt; glance-api and keystone take about two minutes)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt_install() { apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >&2; }
-  apt-get update -q -o DPkg::Lock::Timeout=600 >&2 || true
-  apt_install || { apt-get update -q -o DPkg::Lock::Timeout=600 >&2 && apt_install; }
+  apt_get update || true
+  apt_install "${missing[@]}"
 fi
 
-# Node.js from apt when a configured repository has 20.10 or newer (Debian 13, Ubuntu 24.04,
-# nodesource); Debian 12's own nodejs is 18, too old: then say what to do.
-if ! command -v node >/dev/null && [[ $(id -u) == 0 ]]; then
-  candidate=$(apt-cache policy nodejs 2>/dev/null | awk '/Candidate:/ {print $2}')
+# Node.js from apt when a configured repository has 20.10 or newer (Debian 13, nodesource's);
+# Debian 12's and Ubuntu 24.04's own nodejs are 18, too old: then say what to do.
+nodejs_candidate() { apt-cache policy nodejs 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+if ! command -v node >/dev/null; then
+  if [[ $(id -u) != 0 ]]; then
+    log "Node.js 20.10 or newer is needed: run this as root to install it with apt, or install it first"; exit 1
+  fi
+  candidate=$(nodejs_candidate)
+  if [[ -z $candidate || $candidate == '(none)' ]]; then
+    apt_get update || true
+    candidate=$(nodejs_candidate)
+  fi
   if [[ -n $candidate && $candidate != '(none)' ]] && dpkg --compare-versions "$candidate" ge 20.10; then
     log "installing nodejs $candidate (apt)"
-    apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends nodejs >&2
+    apt_install nodejs
     # nodesource's nodejs carries npm (and conflicts with Debian's); Debian's does not.
     if ! command -v npm >/dev/null && [[ $(dpkg -L nodejs 2>/dev/null) != *'/usr/bin/npm'* ]]; then
-      apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends npm >&2
+      apt_install npm
     fi
   fi
 fi
-command -v node >/dev/null || {
-  log "Node.js 20.10 or newer is needed and no apt repository here has it: add nodesource's (https://github.com/nodesource/distributions) and run this again"
+if ! command -v node >/dev/null; then
+  if dpkg-query -W -f='${Status}' nodejs 2>/dev/null | grep -q 'install ok installed'; then
+    log "the nodejs package is installed but node is not on PATH ($PATH)"
+  else
+    log "Node.js 20.10 or newer is needed and no apt repository here has it (apt offers nodejs ${candidate:-none}): add nodesource's (https://github.com/nodesource/distributions), then run this again"
+  fi
   exit 1
-}
+fi
 command -v npm >/dev/null || { log "npm is missing: apt-get install npm, then run this again"; exit 1; }
 major=$(node -p 'process.versions.node.split(".")[0]')
 minor=$(node -p 'process.versions.node.split(".")[1]')

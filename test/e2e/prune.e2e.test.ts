@@ -303,6 +303,25 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     const config = await runCli(['prune', '--config', cfg, '--instances-path', host.instancesPath, '--json'])
     expect(config.exitCode).toBe(2)
     expect(config.json).toMatchObject({error: {code: 'CONFIG_INVALID', field: 'prune.minAge', file: cfg}})
+    // Config files that do not parse: the parser's own reason, for each loader cosmiconfig uses.
+    for (const [name, text, reason] of [
+      ['broken.cjs', 'module.exports = {\n', 'Unexpected end of input'],
+      ['broken.mjs', 'export default {\n', 'Unexpected end of input'],
+      ['broken.yaml', 'prune: [\n', 'within a flow collection (2:1)'],
+      ['broken.json', '{"prune": \n', 'Unexpected end of JSON input'],
+    ]) {
+      const broken = join(root, 'usage', name!)
+      await writeFile(broken, text!)
+      const run = await runCli(['prune', '--config', broken, '--instances-path', host.instancesPath, '--json'])
+      expect(run.exitCode, name).toBe(2)
+      expect(run.json, name).toMatchObject({
+        error: {code: 'CONFIG_UNREADABLE', file: broken, message: expect.stringContaining(reason!)},
+      })
+      expect((run.json as {error: {message: string}}).error.message, name).toMatch(
+        /^config file \S+ cannot be parsed: /,
+      )
+    }
+
     const node = await runCli(['prune', '--node', 'cmp-77', '--instances-path', host.instancesPath])
     expect(node.exitCode).toBe(2)
     expect(node.stderr).toContain('unknown node "cmp-77"; known nodes: local')

@@ -1,9 +1,10 @@
 import type {ZodIssue} from 'zod'
 
 import {cosmiconfig} from 'cosmiconfig'
-import {access} from 'node:fs/promises'
+import {access, realpath} from 'node:fs/promises'
 import {homedir} from 'node:os'
 import {join} from 'node:path'
+import {pathToFileURL} from 'node:url'
 
 import {UsageError} from '../errors.js'
 import {configSchema, type ImgcacheConfig} from './schema.js'
@@ -15,6 +16,24 @@ export interface LoadedConfig {
 }
 
 const MODULE = 'imgcache'
+
+/**
+ * The reason a JavaScript config did not load, as import() gives it. When import() fails,
+ * cosmiconfig falls back to require(), and on Node 20 require() of an ES module that failed to
+ * parse says "Cannot require() ES Module ... not yet fully loaded ... a bug in Node.js" instead of
+ * the syntax error. import() of the same URL answers again with the module's own error (the failure
+ * is cached: nothing runs twice).
+ */
+async function importErrorOf(path: string, error: unknown): Promise<unknown> {
+  if (!/\.[cm]?js$/.test(path)) return error
+  try {
+    await import(pathToFileURL(await realpath(path)).href)
+  } catch (importError) {
+    return importError
+  }
+
+  return error
+}
 
 /** Where a config is looked for when neither --config nor IMGCACHE_CONFIG names one (DESIGN §8). */
 export function configSearchPlaces(env: NodeJS.ProcessEnv, cwd: string): string[] {
@@ -91,14 +110,16 @@ export async function loadConfig(
     try {
       // eslint-disable-next-line no-await-in-loop
       loaded = await explorer.load(candidate)
-    } catch (error) {
+    } catch (error_) {
+      // eslint-disable-next-line no-await-in-loop
+      const error = await importErrorOf(candidate, error_)
       const {code} = error as {code?: string}
       const reason =
         code === 'ENOENT'
           ? 'does not exist'
           : code === 'EACCES'
             ? 'cannot be read (permission denied)'
-            : (error as Error).message
+            : `cannot be parsed: ${(error as Error).message}`
       throw new UsageError('CONFIG_UNREADABLE', `config file ${candidate} ${reason}`, {
         cause: error,
         file: candidate,

@@ -178,7 +178,11 @@ function readTextSync(path: string): string | undefined {
   } catch {
     return undefined
   } finally {
-    closeSync(fd)
+    try {
+      closeSync(fd)
+    } catch {
+      // Read-only: a failed close loses nothing, and "cannot be read" is undefined, never a throw.
+    }
   }
 }
 

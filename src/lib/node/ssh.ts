@@ -166,10 +166,6 @@ export function curlError(
   }
 }
 
-/**
- * The program env(1) or sh could not find, from its message (exit status 127): GNU env's
- * "env: 'qemu-img': No such file or directory" (curly quotes in a UTF-8 locale), sh's "qemu-img: not found".
- */
 /** A child's collected output as text, whether execa gave it as a string or as bytes. */
 function textOf(output: unknown): string {
   if (output === undefined || output === null) return ''
@@ -178,6 +174,10 @@ function textOf(output: unknown): string {
   return String(output)
 }
 
+/**
+ * The program env(1) or sh could not find, from its message (exit status 127): GNU env's
+ * "env: 'qemu-img': No such file or directory" (curly quotes in a UTF-8 locale), sh's "qemu-img: not found".
+ */
 export function programNotFound(stderr: string): string | undefined {
   const env = /^env: ['‘"]?(.+?)['’"]?: No such file or directory$/m.exec(stderr)
   if (env) return env[1]
