@@ -18,7 +18,7 @@ import {resolveCacheSettings} from '../src/lib/config/settings.js'
 import {buildInspectResult, type InspectResult} from '../src/lib/inspect.js'
 import {LocalNode} from '../src/lib/node/local.js'
 import {ensureBuilt} from './lib/build.js'
-import {mapLimit, medianOf, mustRun, REPO_ROOT, seconds, timed, times, writeFigures} from './lib/measure.js'
+import {mapLimit, medianOf, mustRun, REPO_ROOT, runProcess, seconds, timed, times, writeFigures} from './lib/measure.js'
 import {makeSyntheticHost, type SyntheticHost} from './lib/synthetic-host.js'
 
 const SPEC = {bases: 300, instances: 2000, usedBases: 270}
@@ -42,6 +42,45 @@ async function qemuInfo(disk: string): Promise<QemuInfo> {
   const info = JSON.parse(stdout) as {'backing-filename'?: string}
   const name = info['backing-filename']
   return {backing: name === undefined ? undefined : resolve(dirname(disk), name)}
+}
+
+/**
+ * How nova-compute itself spawns it (nova/virt/images.py qemu_img_info): processutils.execute with
+ * prlimit, i.e. `python3 -m oslo_concurrency.prlimit --as=1GiB --cpu=30 -- env LC_ALL=C LANG=C
+ * qemu-img info PATH --force-share --output=json`, a Python start-up per disk. Information only,
+ * timed on every NOVA_SAMPLE-th disk and scaled to all of them (the whole run would take minutes).
+ */
+const NOVA_SAMPLE = 10
+const NOVA_PYTHON = '/usr/bin/python3'
+
+async function novaSpawnBaseline(disks: string[]): Promise<undefined | {ms: number; sampled: number}> {
+  const probe = await runProcess(NOVA_PYTHON, ['-c', 'import oslo_concurrency.prlimit']).catch(() => undefined)
+  if (probe?.code !== 0) return undefined
+  const sample = disks.filter((_, i) => i % NOVA_SAMPLE === 0)
+  const run = await timed(async () =>
+    mapLimit(sample, 1, async (disk) =>
+      mustRun(
+        NOVA_PYTHON,
+        [
+          '-m',
+          'oslo_concurrency.prlimit',
+          '--as=1073741824',
+          '--cpu=30',
+          '--',
+          'env',
+          'LC_ALL=C',
+          'LANG=C',
+          'qemu-img',
+          'info',
+          disk,
+          '--force-share',
+          '--output=json',
+        ],
+        {env: QEMU_ENV},
+      ),
+    ),
+  )
+  return {ms: (run.ms * disks.length) / sample.length, sampled: sample.length}
 }
 
 /** Nova's method: one `qemu-img info` per disk, `concurrency` at a time (Nova: 1). */
@@ -171,12 +210,13 @@ async function measure(host: SyntheticHost) {
   const oclifMs = await startup([BIN, '--version'], 3, CLI_ENV)
   const sequential = await qemuBaseline(host.disks, 1)
   const concurrent = await qemuBaseline(host.disks, 4)
+  const novaSpawn = await novaSpawnBaseline(host.disks)
   const cli = await cliInspect(host)
   const inProcess = await inProcessInspect(host)
   const json = cli.value.nodes[0]
   if (!json) throw new Error(`imgcache inspect reported no node: ${JSON.stringify(cli.value.failures)}`)
   const agreement = checkAgreement(host, sequential.info, json, inProcess.value.usage)
-  return {agreement, cli, concurrent, inProcess, json, nodeMs, oclifMs, sequential}
+  return {agreement, cli, concurrent, inProcess, json, nodeMs, novaSpawn, oclifMs, sequential}
 }
 
 type Measured = Awaited<ReturnType<typeof measure>>
@@ -203,6 +243,7 @@ function figuresOf(host: SyntheticHost, m: Measured) {
       baselinePerInProcess: m.sequential.ms / m.inProcess.ms,
       concurrentPerImgcache: m.concurrent.ms / m.cli.ms,
       imgcachePerNodeStartup: m.cli.ms / m.nodeMs,
+      novaSpawnPerImgcache: m.novaSpawn ? m.novaSpawn.ms / m.cli.ms : undefined,
     },
     seconds: {
       imgcacheInspect: m.cli.ms / 1000,
@@ -214,6 +255,7 @@ function figuresOf(host: SyntheticHost, m: Measured) {
       oclifStartup: m.oclifMs / 1000,
       qemuImgInfo4Concurrent: m.concurrent.ms / 1000,
       qemuImgInfoSequential: m.sequential.ms / 1000,
+      qemuImgInfoSequentialAsNovaSpawnsIt: m.novaSpawn ? m.novaSpawn.ms / 1000 : undefined,
     },
     targets: {
       ratio: {pass: ratio >= TARGET_RATIO, target: TARGET_RATIO},
@@ -230,6 +272,16 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
   )
   line('baseline: qemu-img info -U, sequential (Nova)', seconds(s.qemuImgInfoSequential * 1000))
   line('qemu-img info -U, 4 at a time (information)', seconds(s.qemuImgInfo4Concurrent * 1000))
+  if (m.novaSpawn) {
+    line(
+      '  as nova-compute spawns it (information)',
+      seconds(m.novaSpawn.ms),
+      `1 disk in ${NOVA_SAMPLE} timed (${m.novaSpawn.sampled}), scaled to ${f.disks}`,
+    )
+  } else {
+    line('  as nova-compute spawns it (information)', 'skipped', `no oslo_concurrency for ${NOVA_PYTHON}`)
+  }
+
   line(
     'imgcache inspect --json (median of 3)',
     seconds(m.cli.ms),
@@ -249,6 +301,8 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
     `target ≥ ${TARGET_RATIO}×: ${verdict(f.targets.ratio.pass)}`,
   )
   line('ratio 4-concurrent qemu-img / imgcache', times(f.ratios.concurrentPerImgcache))
+  if (f.ratios.novaSpawnPerImgcache !== undefined)
+    line('ratio nova-compute spawn / imgcache (info.)', times(f.ratios.novaSpawnPerImgcache))
   line('ratio baseline / in-process scan', times(f.ratios.baselinePerInProcess))
   line('ratio imgcache / node -e 0', times(f.ratios.imgcachePerNodeStartup))
   line(
