@@ -3,8 +3,9 @@
 #   scripts/setup.sh          the CLI and its demo: qemu-utils, python3 (nova-compatible locks), curl
 #   scripts/setup.sh --test   everything the test suite runs for real: openssh-server (sshd nodes),
 #                             glance-api and keystone (a real image service), python3-oslo.concurrency
-#                             (a real nova lock holder), iproute2 (the namespaced test network),
-#                             time (peak RSS in the benchmarks)
+#                             (a real nova lock holder), python3-nova (nova-compute's own image
+#                             cache pass, the oracle prune is checked against), iproute2 (the
+#                             namespaced test network), time (peak RSS in the benchmarks)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(qemu-utils python3 curl ca-certificates coreutils)
 if [[ "${1:-}" == --test ]]; then
-  packages+=(openssh-server openssh-client python3-oslo.concurrency glance-api keystone sqlite3 iproute2 procps util-linux time)
+  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time)
 fi
 
 export DEBIAN_FRONTEND=noninteractive

@@ -142,8 +142,16 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
     options.onDecision?.(decision)
   }
 
-  // Touch in-use entries first, as Nova marks them before it removes anything.
-  const toTouch = plan.filter((i) => i.verdict.action === 'keep' && i.verdict.reason === 'in-use' && i.verdict.touch)
+  // Touch in-use entries first, as Nova marks them before it removes anything. When a disk cannot
+  // be read, Nova's pass stops in its backing-file check, after it has touched the bases its
+  // instances' image ids name and before it reaches the swap and ephemeral templates: those stay
+  // as they are (checked against Nova's own code: test/e2e/nova-oracle.e2e.test.ts).
+  const touches = (item: (typeof plan)[number]) =>
+    item.verdict.action === 'keep' &&
+    item.verdict.reason === 'in-use' &&
+    item.verdict.touch &&
+    !(guarded && (item.kind === 'swap' || item.kind === 'ephemeral'))
+  const toTouch = plan.filter((i) => touches(i))
   if (!options.dryRun && toTouch.length > 0) {
     try {
       await node.touch(toTouch.map((i) => posix.join(settings.cacheDir, i.name)))
@@ -181,7 +189,7 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
     if (use) decision.users = use.instances
     if (removableAt) decision.removableAt = removableAt
 
-    if (item.verdict.action === 'keep' && item.verdict.reason === 'in-use' && item.verdict.touch) {
+    if (touches(item)) {
       decision.touched = true
       if (!options.dryRun) result.touched++
     }

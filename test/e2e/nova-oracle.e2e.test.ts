@@ -1,0 +1,213 @@
+/**
+ * imgcache prune against nova-compute's own image cache pass, on generated hosts.
+ *
+ * Each host is built twice from one random spec (same files, same ages). `imgcache prune` runs on
+ * one copy; Nova's ImageCacheManager.update() (Debian's python3-nova, unmodified, run by
+ * test/harness/nova-imagecache.py) on the other, given the instances the spec's libvirt.xml files
+ * describe. Then both copies must hold the same cache entries, with the same ones touched, and the
+ * same lock files. The hosts keep to what Nova looks at (each instance's `disk` is backed directly
+ * by a cache entry), where imgcache's wider view (every disk, whole chains) must decide the same.
+ */
+import {execa} from 'execa'
+import {mkdir, mkdtemp, readdir, rm, stat} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {DAY, type HostSpec, HOUR, type InstanceSpec, makeNovaHost, sha1} from '../fixtures/nova-host.js'
+import {runCli} from '../helpers/cli.js'
+import {seededRandom} from '../helpers/image-corpus.js'
+
+const ORACLE = fileURLToPath(new URL('../harness/nova-imagecache.py', import.meta.url))
+const PYTHON = '/usr/bin/python3'
+const HOSTS = 20
+/** Ages well clear of the thresholds (1 h resized, 24 h originals): the two runs are seconds apart. */
+const AGES = [0.25 * HOUR, 2 * HOUR, 20 * HOUR, 30 * HOUR, 3 * DAY]
+const IMAGES = ['img-a', 'img-b', 'img-c', 'img-d', 'img-e', 'img-f']
+
+interface Generated {
+  /** An instance's `disk` has a damaged qcow2 header: Nova's pass stops, imgcache exits 4. */
+  damaged: boolean
+  /** What nova-compute's database would say about the instances on this host. */
+  instances: Array<Record<string, unknown>>
+  spec: HostSpec
+}
+
+/** A qcow2 magic and version, then a header qemu-img refuses (cluster_bits 0). */
+const DAMAGED_QCOW2 = Buffer.concat([Buffer.from('QFI\u00FB\0\0\0\u0003', 'latin1'), Buffer.alloc(504)])
+
+function generate(seed: number): Generated {
+  const random = seededRandom(seed)
+  const pick = <T>(items: T[]): T => items[Math.floor(random() * items.length)]!
+  const chance = (p: number) => random() < p
+  const bases: NonNullable<HostSpec['bases']> = []
+  for (const id of IMAGES) {
+    if (chance(0.7)) bases.push({age: pick(AGES), imageId: id})
+    if (chance(0.25)) bases.push({age: pick(AGES), name: `${sha1(id)}_10737418240`})
+    if (chance(0.1)) bases.push({age: pick(AGES), name: `${sha1(id)}_sm`})
+  }
+
+  for (const name of ['swap_512', 'swap_1024', 'ephemeral_1_0706d66', 'ephemeral_20_0706d66']) {
+    if (chance(0.5)) bases.push({age: pick(AGES), name})
+  }
+
+  const files = [
+    {age: pick(AGES), name: 'random.txt'},
+    {age: pick(AGES), name: `${sha1('img-z')}_5`},
+    ...(chance(0.5) ? [{age: pick(AGES), name: `${sha1('img-y')}`}] : []),
+  ]
+  const present = new Set(bases.map((b) => b.name ?? sha1(b.imageId!)))
+  const instances: InstanceSpec[] = []
+  const records: Generated['instances'] = []
+  const count = Math.floor(random() * 6)
+  for (let i = 0; i < count; i++) {
+    const uuid = `0000000${i}-${seed.toString(16).padStart(4, '0')}-4000-8000-${String(i).padStart(12, '0')}`
+    const name = `instance-${String(seed * 10 + i).padStart(8, '0')}`
+    const imageId = chance(0.85) ? pick(IMAGES) : undefined
+    const swapMb = chance(0.4) ? pick([512, 1024]) : undefined
+    const ephemeralGb = chance(0.3) ? pick([1, 20]) : undefined
+    const kernelId = chance(0.15) ? pick(IMAGES) : undefined
+    // The root disk's backing file: the image's base or a resized copy of it when present,
+    // sometimes another entry (a rebuilt instance), sometimes none (a volume-backed one).
+    const candidates = imageId ? [sha1(imageId), `${sha1(imageId)}_10737418240`].filter((n) => present.has(n)) : []
+    const backing = chance(0.15) ? pick([...present]) : candidates.length > 0 ? pick(candidates) : undefined
+    const disks: NonNullable<InstanceSpec['disks']> = []
+    if (backing && !backing.startsWith('swap_') && !backing.startsWith('ephemeral_')) disks.push({backing})
+    if (swapMb && present.has(`swap_${swapMb}`)) disks.push({backing: `swap_${swapMb}`, name: 'disk.swap'})
+    if (ephemeralGb && present.has(`ephemeral_${ephemeralGb}_0706d66`))
+      disks.push({backing: `ephemeral_${ephemeralGb}_0706d66`, name: 'disk.eph0'})
+    instances.push({dir: uuid, disks, metadata: {ephemeralGb, imageId, kernelId, name, swapMb, uuid}})
+    if (disks[0]?.name === undefined && disks[0] && seed % 7 === 0 && i === 0) disks[0] = {content: DAMAGED_QCOW2}
+    records.push({
+      ephemeral_gb: ephemeralGb,
+      image_ref: imageId ?? '',
+      kernel_id: kernelId,
+      name,
+      swap_mb: swapMb,
+      uuid,
+    })
+  }
+
+  // Lock files of some entries, as earlier downloads leave them.
+  const locks = [...present].filter(() => chance(0.3)).map((n) => `nova-${n}`)
+  const damaged = instances.some((i) => i.disks?.some((d) => d.content !== undefined))
+  return {damaged, instances: records, spec: {bases, files, instances, locks}}
+}
+
+interface After {
+  entries: string[]
+  locks: string[]
+  /** Entries whose mtime is now, not the age the spec gave them. */
+  touched: string[]
+}
+
+async function after(instancesPath: string, startedMs: number): Promise<After> {
+  const cacheDir = join(instancesPath, '_base')
+  const entries = (await readdir(cacheDir)).filter((n) => !n.startsWith('.')).sort()
+  const touched: string[] = []
+  for (const name of entries) {
+    if ((await stat(join(cacheDir, name))).mtimeMs >= startedMs - 1000) touched.push(name)
+  }
+
+  return {entries, locks: (await readdir(join(instancesPath, 'locks'))).sort(), touched}
+}
+
+interface Outcome {
+  actual: After
+  expected: After
+  generated: Generated
+  /** Entries the spec put in the cache dir. */
+  made: number
+}
+
+let root: string
+const outcomes = new Map<number, Outcome>()
+
+/**
+ * Every host is built (twice) and pruned by imgcache first, then Nova passes over its copies, all in
+ * one Python process: importing Nova takes seconds.
+ */
+beforeAll(async () => {
+  const probe = await execa(PYTHON, ['-c', 'import nova.virt.libvirt.imagecache'], {reject: false})
+  if (probe.exitCode !== 0) {
+    throw new Error(`Nova's own code is needed (python3-nova): run scripts/setup.sh --test. ${probe.stderr}`)
+  }
+
+  root = await mkdtemp(join(tmpdir(), 'imgc-nova-oracle-'))
+  const seeds = Array.from({length: HOSTS}, (_, i) => i + 1)
+  const hosts = await Promise.all(
+    seeds.map(async (seed) => {
+      const generated = generate(seed)
+      const now = Date.now()
+      const make = async (side: string) => {
+        const dir = join(root, `${seed}-${side}`)
+        await mkdir(dir)
+        return makeNovaHost(dir, generated.spec, now)
+      }
+
+      return {generated, nova: await make('nova'), ours: await make('imgcache'), seed}
+    }),
+  )
+  const started = Date.now()
+  for (const host of hosts) {
+    const pruned = await runCli([
+      'prune',
+      '--instances-path',
+      host.ours.instancesPath,
+      '--nova-conf',
+      '/dev/null',
+      '--json',
+    ])
+    if (pruned.exitCode !== (host.generated.damaged ? 4 : 0))
+      throw new Error(`imgcache prune on host ${host.seed}: exit ${pruned.exitCode}: ${pruned.stderr}`)
+  }
+
+  const oracle = await execa(PYTHON, [ORACLE], {
+    input: JSON.stringify(hosts.map((h) => ({instances: h.generated.instances, instancesPath: h.nova.instancesPath}))),
+    reject: false,
+  })
+  if (oracle.exitCode !== 0) throw new Error(`Nova's pass failed: ${oracle.stderr}`)
+  const results = JSON.parse(oracle.stdout) as Array<{error: null | string}>
+  for (const [i, host] of hosts.entries()) {
+    const error = results[i]?.error ?? null
+    if (host.generated.damaged ? !error?.startsWith('InvalidDiskInfo') : error !== null)
+      throw new Error(`Nova's pass on host ${host.seed}: ${error}`)
+    outcomes.set(host.seed, {
+      actual: await after(host.ours.instancesPath, started),
+      expected: await after(host.nova.instancesPath, started),
+      generated: host.generated,
+      made: (host.generated.spec.bases?.length ?? 0) + (host.generated.spec.files?.length ?? 0),
+    })
+  }
+}, 300_000)
+afterAll(async () => {
+  if (root) await rm(root, {force: true, recursive: true})
+})
+
+describe('imgcache prune decides as nova-compute does (its own code, on the same files)', () => {
+  it.each(Array.from({length: HOSTS}, (_, i) => i + 1))(
+    'generated host %i: the same entries kept, the same touched, the same lock files left',
+    (seed) => {
+      const outcome = outcomes.get(seed)!
+      expect(outcome.actual, JSON.stringify(outcome.generated, null, 1)).toEqual(outcome.expected)
+    },
+  )
+
+  it('the hosts exercise every decision: entries removed, kept and touched, kept untouched, lock files changed', () => {
+    const all = [...outcomes.values()]
+    const sum = (f: (o: Outcome) => number) => all.reduce((n, o) => n + f(o), 0)
+    const removed = sum((o) => o.made - o.expected.entries.length)
+    const touched = sum((o) => o.expected.touched.length)
+    const untouched = sum((o) => o.expected.entries.length - o.expected.touched.length)
+    // Removed with their entry (originals, resized), or left by Nova's lock (swap, ephemeral).
+    const locksChanged = sum((o) => {
+      const before = new Set(o.generated.spec.locks)
+      const now = new Set(o.expected.locks)
+      return [...before].filter((l) => !now.has(l)).length + [...now].filter((l) => !before.has(l)).length
+    })
+    for (const [what, count] of Object.entries({locksChanged, removed, touched, untouched})) {
+      expect(count, what).toBeGreaterThan(3)
+    }
+  })
+})
