@@ -7,9 +7,13 @@
  * describe. Then both copies must hold the same cache entries, with the same ones touched, and the
  * same lock files. The hosts keep to what Nova looks at (each instance's `disk` is backed directly
  * by a cache entry), where imgcache's wider view (every disk, whole chains) must decide the same.
+ * They vary: originals, resized copies (several per image), `_sm`, swap and ephemeral templates,
+ * files that are not entries, ages either side of both thresholds, kernel ids, volume-backed and
+ * rebuilt instances, mid-resize `<uuid>_resize` directories, nova.conf's [image_cache] options
+ * (remove_unused_base_images = false, other minimum ages), and a damaged instance disk.
  */
 import {execa} from 'execa'
-import {mkdir, mkdtemp, readdir, rm, stat} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -21,12 +25,17 @@ import {seededRandom} from '../helpers/image-corpus.js'
 
 const ORACLE = fileURLToPath(new URL('../harness/nova-imagecache.py', import.meta.url))
 const PYTHON = '/usr/bin/python3'
-const HOSTS = 20
+const HOSTS = 30
 /** Ages well clear of the thresholds (1 h resized, 24 h originals): the two runs are seconds apart. */
 const AGES = [0.25 * HOUR, 2 * HOUR, 20 * HOUR, 30 * HOUR, 3 * DAY]
 const IMAGES = ['img-a', 'img-b', 'img-c', 'img-d', 'img-e', 'img-f']
 
+/** Resized copies Nova names `<sha1>_<bytes>`: several per image exercise its list walk (§2.4). */
+const RESIZED = ['_10737418240', '_21474836480', '_42949672960']
+
 interface Generated {
+  /** [image_cache] options in the host's nova.conf, read by both (imgcache from the file). */
+  conf: Record<string, boolean | number>
   /** An instance's `disk` has a damaged qcow2 header: Nova's pass stops, imgcache exits 4. */
   damaged: boolean
   /** What nova-compute's database would say about the instances on this host. */
@@ -44,7 +53,7 @@ function generate(seed: number): Generated {
   const bases: NonNullable<HostSpec['bases']> = []
   for (const id of IMAGES) {
     if (chance(0.7)) bases.push({age: pick(AGES), imageId: id})
-    if (chance(0.25)) bases.push({age: pick(AGES), name: `${sha1(id)}_10737418240`})
+    for (const suffix of RESIZED) if (chance(0.25)) bases.push({age: pick(AGES), name: `${sha1(id)}${suffix}`})
     if (chance(0.1)) bases.push({age: pick(AGES), name: `${sha1(id)}_sm`})
   }
 
@@ -70,14 +79,20 @@ function generate(seed: number): Generated {
     const kernelId = chance(0.15) ? pick(IMAGES) : undefined
     // The root disk's backing file: the image's base or a resized copy of it when present,
     // sometimes another entry (a rebuilt instance), sometimes none (a volume-backed one).
-    const candidates = imageId ? [sha1(imageId), `${sha1(imageId)}_10737418240`].filter((n) => present.has(n)) : []
+    const candidates = imageId
+      ? [sha1(imageId), ...RESIZED.map((r) => sha1(imageId) + r)].filter((n) => present.has(n))
+      : []
     const backing = chance(0.15) ? pick([...present]) : candidates.length > 0 ? pick(candidates) : undefined
     const disks: NonNullable<InstanceSpec['disks']> = []
     if (backing && !backing.startsWith('swap_') && !backing.startsWith('ephemeral_')) disks.push({backing})
     if (swapMb && present.has(`swap_${swapMb}`)) disks.push({backing: `swap_${swapMb}`, name: 'disk.swap'})
     if (ephemeralGb && present.has(`ephemeral_${ephemeralGb}_0706d66`))
       disks.push({backing: `ephemeral_${ephemeralGb}_0706d66`, name: 'disk.eph0'})
+    // Mid-resize: the old disk, on the instance's image too, stays in <uuid>_resize, which Nova
+    // looks in only in these states (the directory has no libvirt.xml of its own).
+    const resizing = candidates.length > 0 && chance(0.2)
     instances.push({dir: uuid, disks, metadata: {ephemeralGb, imageId, kernelId, name, swapMb, uuid}})
+    if (resizing) instances.push({dir: `${uuid}_resize`, disks: [{backing: pick(candidates)}]})
     if (disks[0]?.name === undefined && disks[0] && seed % 7 === 0 && i === 0) disks[0] = {content: DAMAGED_QCOW2}
     records.push({
       ephemeral_gb: ephemeralGb,
@@ -85,6 +100,7 @@ function generate(seed: number): Generated {
       kernel_id: kernelId,
       name,
       swap_mb: swapMb,
+      task_state: resizing ? 'resize_migrated' : undefined,
       uuid,
     })
   }
@@ -92,7 +108,11 @@ function generate(seed: number): Generated {
   // Lock files of some entries, as earlier downloads leave them.
   const locks = [...present].filter(() => chance(0.3)).map((n) => `nova-${n}`)
   const damaged = instances.some((i) => i.disks?.some((d) => d.content !== undefined))
-  return {damaged, instances: records, spec: {bases, files, instances, locks}}
+  const conf: Generated['conf'] = {}
+  if (chance(0.2)) conf.remove_unused_base_images = false
+  if (chance(0.3)) conf.remove_unused_original_minimum_age_seconds = pick([10 * HOUR, 2 * DAY])
+  if (chance(0.3)) conf.remove_unused_resized_minimum_age_seconds = pick([HOUR / 2, 10 * HOUR])
+  return {conf, damaged, instances: records, spec: {bases, files, instances, locks}}
 }
 
 interface After {
@@ -151,12 +171,15 @@ beforeAll(async () => {
   )
   const started = Date.now()
   for (const host of hosts) {
+    const novaConf = join(root, `${host.seed}-nova.conf`)
+    const options = Object.entries(host.generated.conf).map(([k, v]) => `${k} = ${v}\n`)
+    await writeFile(novaConf, `[image_cache]\n${options.join('')}`)
     const pruned = await runCli([
       'prune',
       '--instances-path',
       host.ours.instancesPath,
       '--nova-conf',
-      '/dev/null',
+      novaConf,
       '--json',
     ])
     if (pruned.exitCode !== (host.generated.damaged ? 4 : 0))
@@ -164,7 +187,13 @@ beforeAll(async () => {
   }
 
   const oracle = await execa(PYTHON, [ORACLE], {
-    input: JSON.stringify(hosts.map((h) => ({instances: h.generated.instances, instancesPath: h.nova.instancesPath}))),
+    input: JSON.stringify(
+      hosts.map((h) => ({
+        conf: h.generated.conf,
+        instances: h.generated.instances,
+        instancesPath: h.nova.instancesPath,
+      })),
+    ),
     reject: false,
   })
   if (oracle.exitCode !== 0) throw new Error(`Nova's pass failed: ${oracle.stderr}`)
@@ -209,5 +238,20 @@ describe('imgcache prune decides as nova-compute does (its own code, on the same
     for (const [what, count] of Object.entries({locksChanged, removed, touched, untouched})) {
       expect(count, what).toBeGreaterThan(3)
     }
+
+    // And the host shapes: a damaged disk, mid-resize directories, nova.conf options, an image
+    // with several resized copies (Nova's list walk skips the item after each one it removes).
+    const hosts = (f: (g: Generated) => boolean) => all.filter((o) => f(o.generated)).length
+    expect({
+      damaged: hosts((g) => g.damaged) > 0,
+      keepAll: hosts((g) => g.conf.remove_unused_base_images === false) > 0,
+      minAges: hosts((g) => g.conf.remove_unused_original_minimum_age_seconds !== undefined) > 0,
+      resizing: hosts((g) => g.instances.some((i) => i.task_state !== undefined)) > 0,
+      severalResized:
+        hosts((g) => {
+          const fps = (g.spec.bases ?? []).map((b) => b.name ?? '').filter((n) => /^[\da-f]{40}_\d+$/.test(n))
+          return new Set(fps.map((n) => n.slice(0, 40))).size < fps.length
+        }) > 0,
+    }).toEqual({damaged: true, keepAll: true, minAges: true, resizing: true, severalResized: true})
   })
 })
