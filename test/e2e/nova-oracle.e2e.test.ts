@@ -82,7 +82,8 @@ function generate(seed: number): Generated {
     const candidates = imageId
       ? [sha1(imageId), ...RESIZED.map((r) => sha1(imageId) + r)].filter((n) => present.has(n))
       : []
-    const backing = chance(0.15) ? pick([...present]) : candidates.length > 0 ? pick(candidates) : undefined
+    const rebuilt = chance(0.15)
+    const backing = rebuilt ? pick([...present]) : candidates.length > 0 ? pick(candidates) : undefined
     const disks: NonNullable<InstanceSpec['disks']> = []
     if (backing && !backing.startsWith('swap_') && !backing.startsWith('ephemeral_')) disks.push({backing})
     if (swapMb && present.has(`swap_${swapMb}`)) disks.push({backing: `swap_${swapMb}`, name: 'disk.swap'})
@@ -91,9 +92,15 @@ function generate(seed: number): Generated {
     // Mid-resize: the old disk, on the instance's image too, stays in <uuid>_resize, which Nova
     // looks in only in these states (the directory has no libvirt.xml of its own).
     const resizing = candidates.length > 0 && chance(0.2)
-    instances.push({dir: uuid, disks, metadata: {ephemeralGb, imageId, kernelId, name, swapMb, uuid}})
+    // Some directories have no libvirt.xml: their disks are all imgcache has to go on, and they
+    // tell it as much as Nova's database does when the disk is on the instance's image and no
+    // kernel is named (otherwise only the database knows).
+    const damagedHere = seed % 7 === 0 && i === 0 && disks[0] !== undefined && disks[0].name === undefined
+    const described = rebuilt || damagedHere || kernelId !== undefined || !chance(0.2)
+    const metadata = described ? {ephemeralGb, imageId, kernelId, name, swapMb, uuid} : undefined
+    instances.push({dir: uuid, disks, metadata})
     if (resizing) instances.push({dir: `${uuid}_resize`, disks: [{backing: pick(candidates)}]})
-    if (disks[0]?.name === undefined && disks[0] && seed % 7 === 0 && i === 0) disks[0] = {content: DAMAGED_QCOW2}
+    if (damagedHere) disks[0] = {content: DAMAGED_QCOW2}
     records.push({
       ephemeral_gb: ephemeralGb,
       image_ref: imageId ?? '',
@@ -247,11 +254,12 @@ describe('imgcache prune decides as nova-compute does (its own code, on the same
       keepAll: hosts((g) => g.conf.remove_unused_base_images === false) > 0,
       minAges: hosts((g) => g.conf.remove_unused_original_minimum_age_seconds !== undefined) > 0,
       resizing: hosts((g) => g.instances.some((i) => i.task_state !== undefined)) > 0,
+      undescribed: hosts((g) => g.spec.instances?.some((i) => !i.metadata && !i.dir.endsWith('_resize')) ?? false) > 0,
       severalResized:
         hosts((g) => {
           const fps = (g.spec.bases ?? []).map((b) => b.name ?? '').filter((n) => /^[\da-f]{40}_\d+$/.test(n))
           return new Set(fps.map((n) => n.slice(0, 40))).size < fps.length
         }) > 0,
-    }).toEqual({damaged: true, keepAll: true, minAges: true, resizing: true, severalResized: true})
+    }).toEqual({damaged: true, keepAll: true, minAges: true, resizing: true, severalResized: true, undescribed: true})
   })
 })
