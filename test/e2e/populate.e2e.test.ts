@@ -4,6 +4,8 @@ import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 
+import type {PopulateReport} from '../../src/commands/populate.js'
+
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
@@ -25,24 +27,6 @@ let glance: GlanceHandle
 let server: ImageServer
 let config: string
 const aliases: Record<string, {checksum: string; diskFormat: string; id: string; url: string}> = {}
-
-interface Item {
-  bytes?: number
-  code?: string
-  converted?: boolean
-  downloadedBytes?: number
-  exitCode?: number
-  image: {id: string; name?: string; ref: string}
-  message?: string
-  path?: string
-  resumedFrom?: number
-  status: string
-}
-
-interface PopulateJson {
-  items: Item[]
-  totals: {cached: number; errors: number; existing: number}
-}
 
 interface ErrorJson {
   error: {code: string; message: string; suggestions: string[]}
@@ -180,7 +164,7 @@ describe('imgcache populate', () => {
     const host = instances('happy')
     const first = await cli('populate', host.root, ['e2e-qcow2'])
     expect(first.exitCode).toBe(0)
-    const report = parse<PopulateJson>(first.stdout)
+    const report = parse<PopulateReport>(first.stdout)
     expect(report.items).toMatchObject([
       {
         converted: true,
@@ -198,13 +182,13 @@ describe('imgcache populate', () => {
     const downloads = await glanceDownloads(qcow2.id)
     const second = await cli('populate', host.root, [qcow2.id])
     expect(second.exitCode).toBe(0)
-    expect(parse<PopulateJson>(second.stdout).items).toMatchObject([{downloadedBytes: 0, status: 'existing'}])
+    expect(parse<PopulateReport>(second.stdout).items).toMatchObject([{downloadedBytes: 0, status: 'existing'}])
     expect((await stat(host.final(qcow2.id))).mtimeMs).toBeGreaterThan(Date.now() - 60_000)
     expect(await glanceDownloads(qcow2.id)).toBe(downloads)
 
     const forced = await cli('populate', host.root, [qcow2.id, '--force'])
     expect(forced.exitCode).toBe(0)
-    expect(parse<PopulateJson>(forced.stdout).items).toMatchObject([{downloadedBytes: qcow2.size, status: 'cached'}])
+    expect(parse<PopulateReport>(forced.stdout).items).toMatchObject([{downloadedBytes: qcow2.size, status: 'cached'}])
     expect(await glanceDownloads(qcow2.id)).toBe(downloads + 1)
     expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(qcow2.id)])
   })
@@ -217,7 +201,7 @@ describe('imgcache populate', () => {
       UNSAFE.map((u) => corpusIds[u.name]!),
     )
     expect(result.exitCode).toBe(4)
-    const {items, totals} = parse<PopulateJson>(result.stdout)
+    const {items, totals} = parse<PopulateReport>(result.stdout)
     expect(totals).toMatchObject({cached: 0, errors: UNSAFE.length, existing: 0})
     for (const {code, fragment, name} of UNSAFE) {
       const item = items.find((i) => i.image.id === corpusIds[name])
@@ -236,7 +220,7 @@ describe('imgcache populate', () => {
       SAFE.map((name) => corpusIds[name]!),
     )
     expect(result.exitCode).toBe(0)
-    const {items, totals} = parse<PopulateJson>(result.stdout)
+    const {items, totals} = parse<PopulateReport>(result.stdout)
     expect(totals).toMatchObject({cached: SAFE.length, errors: 0})
     // Converted to raw unless they are raw to qemu already (raw, an ISO, a partitioned disk).
     for (const name of SAFE) {
@@ -295,7 +279,7 @@ describe('imgcache populate', () => {
     server.serve('/killed', {data: content})
     const again = await cli('populate', host.root, ['killed'])
     expect(again.exitCode).toBe(0)
-    expect(parse<PopulateJson>(again.stdout).items).toMatchObject([
+    expect(parse<PopulateReport>(again.stdout).items).toMatchObject([
       {downloadedBytes: content.length - kept, resumedFrom: kept, status: 'cached'},
     ])
     expect(server.gets('/killed').at(-1)).toMatchObject({range: `bytes=${kept}-`, status: 206})
@@ -316,7 +300,7 @@ describe('imgcache populate', () => {
     server.serve('/no-range', {data: content, ranges: false})
     const again = await cli('populate', host.root, ['no-range'])
     expect(again.exitCode).toBe(0)
-    const [item] = parse<PopulateJson>(again.stdout).items
+    const [item] = parse<PopulateReport>(again.stdout).items
     expect(item).toMatchObject({downloadedBytes: content.length, status: 'cached'})
     expect(item?.resumedFrom).toBeUndefined()
     expect(server.gets('/no-range').at(-1)).toMatchObject({range: `bytes=${kept}-`, status: 200})
@@ -334,7 +318,7 @@ describe('imgcache populate', () => {
     process.kill(-child.pid!, 'SIGINT')
     const result = await child
     expect(result.exitCode).toBe(130)
-    expect(parse<PopulateJson>(result.stdout).items).toMatchObject([{code: 'INTERRUPTED', status: 'error'}])
+    expect(parse<PopulateReport>(result.stdout).items).toMatchObject([{code: 'INTERRUPTED', status: 'error'}])
     expect(await contents(host.cacheDir)).toEqual([])
     expect(await osloSees(host.lock(id))).toBe('FREE')
   })
@@ -345,7 +329,7 @@ describe('imgcache populate', () => {
     const host = instances('twice')
     const results = await Promise.all([spawnCli(host.root, ['twice']), spawnCli(host.root, ['twice'])])
     expect(results.map((r) => r.exitCode)).toEqual([0, 0])
-    const statuses = results.map((r) => parse<PopulateJson>(r.stdout).items[0]?.status).sort()
+    const statuses = results.map((r) => parse<PopulateReport>(r.stdout).items[0]?.status).sort()
     expect(statuses).toEqual(['cached', 'existing'])
     expect(server.gets('/twice')).toHaveLength(1)
     expect((await readFile(host.final(id))).equals(content)).toBe(true)
@@ -372,7 +356,7 @@ describe('imgcache populate', () => {
     await holder.release()
     const results = await Promise.all([first, second])
     expect(results.map((r) => r.exitCode)).toEqual([0, 0])
-    expect(results.map((r) => parse<PopulateJson>(r.stdout).items[0]?.status).sort()).toEqual(['cached', 'existing'])
+    expect(results.map((r) => parse<PopulateReport>(r.stdout).items[0]?.status).sort()).toEqual(['cached', 'existing'])
     expect(server.gets('/contended')).toHaveLength(1)
     expect(sha256(await readFile(host.final(id)))).toBe(sha256(content))
     expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
@@ -429,7 +413,7 @@ describe('imgcache populate', () => {
     try {
       const result = await cli('populate', busy.root, [raw.id, '--lock-timeout', '1'])
       expect(result.exitCode).toBe(1)
-      const [item] = parse<PopulateJson>(result.stdout).items
+      const [item] = parse<PopulateReport>(result.stdout).items
       expect(item).toMatchObject({code: 'LOCK_BUSY', status: 'error'})
       expect(item?.message).toContain(`${busy.lock(raw.id)} is locked by another process`)
       expect(await contents(busy.cacheDir)).toEqual([])
@@ -515,7 +499,7 @@ describe('glance-api killed mid-transfer', () => {
     await fifo.close().catch(() => undefined)
     const result = await child
     expect(result.exitCode).toBe(1)
-    const [item] = parse<PopulateJson>(result.stdout).items
+    const [item] = parse<PopulateReport>(result.stdout).items
     expect(item).toMatchObject({code: 'IMAGE_TRANSFER_FAILED', status: 'error'})
     expect(item?.message).toContain(`downloading image e2e-fifo (${image.id}) failed`)
     expect(item?.message).toContain(`Glance at ${glance.url}`)
@@ -529,7 +513,7 @@ describe('glance-api killed mid-transfer', () => {
     await writeConfig()
     const again = await cli('populate', host.root, ['e2e-fifo'])
     expect(again.exitCode).toBe(0)
-    expect(parse<PopulateJson>(again.stdout).items).toMatchObject([{status: 'cached'}])
+    expect(parse<PopulateReport>(again.stdout).items).toMatchObject([{status: 'cached'}])
     expect((await readFile(host.final(image.id))).equals(content)).toBe(true)
   })
 })

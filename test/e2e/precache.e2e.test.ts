@@ -6,6 +6,9 @@ import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 
+import type {PrecacheReport} from '../../src/commands/precache.js'
+import type {ItemResult} from '../../src/lib/populate.js'
+
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, flat, runCli} from '../helpers/cli.js'
@@ -41,31 +44,6 @@ let raw: GlanceImageJson
 let unsafe: GlanceImageJson
 const qcow2Content = payload(20, 3 * MiB)
 const rawContent = payload(21, 2 * MiB + 512)
-
-interface Item {
-  bytes?: number
-  code?: string
-  converted?: boolean
-  downloadedBytes?: number
-  exitCode?: number
-  image: {id: string; name?: string; ref: string}
-  message?: string
-  nextStep?: string
-  node: string
-  path?: string
-  resumedFrom?: number
-  status: string
-}
-
-interface Report {
-  aggregate: string
-  images: Array<{id: string; name?: string; ref: string}>
-  items: Item[]
-  nodes: Array<{attempts: number; message?: string; node: string; status: string}>
-  originReads?: number
-  totals: {cached: number; errors: number; existing: number; skippedHosts: number}
-  via: string
-}
 
 interface ErrorJson {
   error: {code: string; message: string; suggestions: string[]}
@@ -139,6 +117,24 @@ function spawnPrecache(configFile: string, args: string[], env: Record<string, s
   return child
 }
 
+/**
+ * Ctrl-C (SIGINT to the process group, as a terminal sends it) once the `.part` of `imageId` is
+ * growing on every node of the fleet. Returns the run's result and how long it took to end.
+ */
+async function interruptWhileDownloading(child: ResultPromise, sub: string, imageId: string) {
+  for (const node of fleet.nodes) {
+    await until(
+      `the .part to grow on ${node.name}`,
+      async () => (await sizeOf(onNode(node, sub).part(imageId))) >= 128 * 1024,
+    )
+  }
+
+  const interruptedAt = Date.now()
+  process.kill(-child.pid!, 'SIGINT')
+  const result = await child
+  return {endedAfterMs: Date.now() - interruptedAt, result}
+}
+
 const spoolDir = () => path.join(work, 'spool')
 
 function parse<T>(stdout: unknown): T {
@@ -146,7 +142,7 @@ function parse<T>(stdout: unknown): T {
   return JSON.parse(String(stdout)) as T
 }
 
-function item(report: Report, node: string, imageId: string): Item | undefined {
+function item(report: PrecacheReport, node: string, imageId: string): ItemResult | undefined {
   return report.items.find((i) => i.node === node && i.image.id === imageId)
 }
 
@@ -391,7 +387,7 @@ describe('imgcache precache', () => {
       const first = await precache(configFile, ['--aggregate', 'web', '--via', via, '--json'])
       expect(first.stderr).toBe('')
       expect(first.exitCode).toBe(0)
-      const report = parse<Report>(first.stdout)
+      const report = parse<PrecacheReport>(first.stdout)
       expect(report).toMatchObject({
         aggregate: 'web',
         totals: {cached: 6, errors: 0, existing: 0, skippedHosts: 0},
@@ -539,7 +535,7 @@ describe('imgcache precache', () => {
     })
     const result = await precache(configFile, ['--aggregate', 'web', '--json', '--retries', '1'])
     expect(result.exitCode).toBe(3)
-    const report = parse<Report>(result.stdout)
+    const report = parse<PrecacheReport>(result.stdout)
     expect(report.totals).toEqual({cached: 2, errors: 0, existing: 0, skippedHosts: 1})
     expect(item(report, 'ghost', raw.id)).toMatchObject({code: 'SSH_REFUSED', status: 'skipped'})
     expect(item(report, 'ghost', raw.id)?.message).toContain(`port ${port} refused the connection`)
@@ -580,7 +576,7 @@ describe('imgcache precache', () => {
     })
     const result = await child
     expect(result.exitCode).toBe(3)
-    const report = parse<Report>(result.stdout)
+    const report = parse<PrecacheReport>(result.stdout)
     expect(report.totals).toEqual({cached: 2, errors: 1, existing: 0, skippedHosts: 0})
     const failed = item(report, 'node2', slow.id)
     expect(failed).toMatchObject({code: 'SSH_CONNECTION_LOST', status: 'error'})
@@ -599,7 +595,7 @@ describe('imgcache precache', () => {
     server.serve('/slow-relay', {data: content})
     const populate = await runCli(['populate', '--node', 'node2', '--config', configFile, '--json', 'slow-relay'])
     expect(populate.exitCode).toBe(0)
-    const [done] = parse<{items: Item[]}>(populate.stdout).items
+    const [done] = parse<{items: ItemResult[]}>(populate.stdout).items
     expect(done).toMatchObject({status: 'cached', ...(kept > 0 ? {resumedFrom: kept} : {})})
     expect(await fileSha256(at.final(slow.id))).toBe(sha256(content))
     expect(await temporaries([victim], sub)).toEqual([])
@@ -630,7 +626,7 @@ describe('imgcache precache', () => {
     ])
     const elapsed = Date.now() - started
     expect(result.exitCode, result.stderr).toBe(3)
-    const report = parse<Report>(result.stdout)
+    const report = parse<PrecacheReport>(result.stdout)
     expect(item(report, 'node1', 'id-e2e-stall')).toMatchObject({status: 'cached'})
     expect(item(report, 'node2', 'id-e2e-stall')).toMatchObject({code: 'NODE_STALLED', status: 'error'})
     expect(item(report, 'node2', 'id-e2e-stall')?.message).toContain(
@@ -656,7 +652,7 @@ describe('imgcache precache', () => {
     await fleet.restartSshd('node2')
     const result = await child
     expect(result.exitCode).toBe(0)
-    const report = parse<Report>(result.stdout)
+    const report = parse<PrecacheReport>(result.stdout)
     expect(report.totals).toEqual({cached: 3, errors: 0, existing: 0, skippedHosts: 0})
     expect(item(report, 'node2', slow.id)?.resumedFrom).toBeGreaterThan(0)
     expect(report.nodes.find((s) => s.node === 'node2')?.attempts).toBeGreaterThanOrEqual(3)
@@ -679,7 +675,7 @@ describe('imgcache precache', () => {
     onTestFinished(() => rm(fake, {force: true}))
     const result = await precache(configFile, ['--aggregate', 'web', '--json'])
     expect(result.exitCode).toBe(3)
-    const report = parse<Report>(result.stdout)
+    const report = parse<PrecacheReport>(result.stdout)
     expect(report.totals).toEqual({cached: 1, errors: 3, existing: 0, skippedHosts: 0})
     expect(item(report, 'node1', qcow2.id)).toMatchObject({status: 'cached'})
 
@@ -720,7 +716,7 @@ describe('imgcache precache', () => {
       const configFile = await writeConfig(sub, {aggregates: {web: {images: ['e2e-backing-file'], nodes: FLEET}}})
       const result = await precache(configFile, ['--aggregate', 'web', '--via', via, '--json'])
       expect(result.exitCode).toBe(1)
-      const report = parse<Report>(result.stdout)
+      const report = parse<PrecacheReport>(result.stdout)
       expect(report.totals).toEqual({cached: 0, errors: 3, existing: 0, skippedHosts: 0})
       for (const node of fleet.nodes) {
         const refused = item(report, node.name, unsafe.id)
@@ -740,20 +736,11 @@ describe('imgcache precache', () => {
     const slow = slowAlias('slow-int', content, 512 * 1024)
     const configFile = await writeConfig(sub, {aggregates: {web: {nodes: FLEET}}, images: {'slow-int': slow}})
     const child = spawnPrecache(configFile, ['--aggregate', 'web', '--json', 'e2e-raw', 'slow-int'])
-    for (const node of fleet.nodes) {
-      await until(
-        `the .part to grow on ${node.name}`,
-        async () => (await sizeOf(onNode(node, sub).part(slow.id))) >= 128 * 1024,
-      )
-    }
-
-    const interruptedAt = Date.now()
-    process.kill(-child.pid!, 'SIGINT')
-    const result = await child
+    const {endedAfterMs, result} = await interruptWhileDownloading(child, sub, slow.id)
     // Clean-up takes a moment, not a grace period per finished attempt.
-    expect(Date.now() - interruptedAt).toBeLessThan(10_000)
+    expect(endedAfterMs).toBeLessThan(10_000)
     expect(result.exitCode).toBe(3)
-    const report = parse<Report>(result.stdout)
+    const report = parse<PrecacheReport>(result.stdout)
     expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, skippedHosts: 0})
     for (const node of fleet.nodes) {
       const at = onNode(node, sub)
@@ -772,17 +759,8 @@ describe('imgcache precache', () => {
     const slow = slowAlias('slow-int-relay', content, 512 * 1024)
     const configFile = await writeConfig(sub, {aggregates: {web: {nodes: FLEET}}, images: {'slow-int-relay': slow}})
     const child = spawnPrecache(configFile, ['--aggregate', 'web', '--via', 'relay', 'slow-int-relay'])
-    for (const node of fleet.nodes) {
-      await until(
-        `the .part to grow on ${node.name}`,
-        async () => (await sizeOf(onNode(node, sub).part(slow.id))) >= 128 * 1024,
-      )
-    }
-
-    const interruptedAt = Date.now()
-    process.kill(-child.pid!, 'SIGINT')
-    const result = await child
-    expect(Date.now() - interruptedAt).toBeLessThan(10_000)
+    const {endedAfterMs, result} = await interruptWhileDownloading(child, sub, slow.id)
+    expect(endedAfterMs).toBeLessThan(10_000)
     expect(result.exitCode).toBe(130)
     for (const node of FLEET)
       expect(result.stdout).toMatch(new RegExp(`${node}\\s+slow-int-relay\\s+error\\s.*interrupted by SIGINT`))
@@ -818,7 +796,7 @@ describe('imgcache precache', () => {
     const json = await precache(configFile, ['--aggregate', 'web', '--json', '--force'])
     expect(json.exitCode).toBe(0)
     expect(json.stderr).toBe('')
-    expect(parse<Report>(json.stdout).totals.cached).toBe(3)
+    expect(parse<PrecacheReport>(json.stdout).totals.cached).toBe(3)
 
     const quiet = await precache(configFile, ['--aggregate', 'web', '--quiet'])
     expect(quiet.exitCode).toBe(0)
@@ -924,7 +902,7 @@ describe('imgcache precache', () => {
       await fifo.close().catch(() => undefined)
       const result = await child
       expect(result.exitCode).toBe(3)
-      const report = parse<Report>(result.stdout)
+      const report = parse<PrecacheReport>(result.stdout)
       expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, skippedHosts: 0})
       for (const node of fleet.nodes) {
         const at = onNode(node, sub)
