@@ -104,7 +104,7 @@ export async function createOverlay(
     // qemu-img create replaces whatever is at its path: it writes a name of ours beside DEST, which
     // is then linked into place without replacing. A disk another process made meanwhile survives,
     // and a failure removes only our own file.
-    const temporary = `${dest}.imgcache-${randomBytes(4).toString('hex')}.tmp`
+    const temporary = overlayTemporary(dest)
     const argv = qemuCreateOverlayArgv({
       backingFile: paths.final,
       backingFormat: info.format ?? 'raw',
@@ -136,6 +136,16 @@ export async function createOverlay(
       virtualSize: options.size !== undefined && options.size > 0 ? options.size : info.virtualSize,
     },
   }
+}
+
+/**
+ * The name qemu-img writes an overlay under, beside DEST: hidden (`.disk.imgcache-HEX.tmp` for
+ * `disk`), so that if imgcache is killed before the rename, no scan takes the leftover for one of
+ * the instance's disks. A `disk.*` name would be one to imgcache's scan: an unreadable leftover
+ * would stop every prune of the node (exit 4) until someone removed it.
+ */
+export function overlayTemporary(dest: string): string {
+  return posix.join(posix.dirname(dest), `.${posix.basename(dest)}.imgcache-${randomBytes(4).toString('hex')}.tmp`)
 }
 
 function destExists(node: Node, dest: string): UsageError {

@@ -4,9 +4,11 @@ import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 
+import type {InspectReport} from '../../src/commands/inspect.js'
 import type {PopulateReport} from '../../src/commands/populate.js'
 
 import {shellCommand} from '../../src/lib/node/quote.js'
+import {overlayTemporary} from '../../src/lib/overlay.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
@@ -478,6 +480,36 @@ describe('imgcache overlay', () => {
       message: expect.stringContaining('backing file'),
     })
     expect(await exists(dest)).toBe(false)
+  })
+})
+
+describe('an overlay killed before its rename', () => {
+  it("leaves a temporary that no scan takes for a disk: prune goes on (exit 0); under a disk's name it would stop it (exit 4)", async () => {
+    const host = instances('overlay-leftover')
+    await mkdir(path.join(host.root, 'vm-1'), {recursive: true})
+    const dest = path.join(host.root, 'vm-1', 'disk')
+    expect((await cli('overlay', host.root, ['e2e-raw', dest])).exitCode).toBe(0)
+    // What SIGKILL during qemu-img create leaves: the start of a qcow2, under the temporary's name.
+    const leftover = overlayTemporary(path.join(host.root, 'vm-1', 'disk.local'))
+    expect(path.dirname(leftover)).toBe(path.join(host.root, 'vm-1'))
+    await writeFile(leftover, (await readFile(dest)).subarray(0, 16))
+    const scan = async () => {
+      const args = ['--instances-path', host.root, '--config', config, '--json']
+      const inspect = await runCli(['inspect', ...args])
+      const prune = await runCli(['prune', ...args])
+      return {guard: parse<InspectReport>(inspect.stdout).nodes[0]?.guard, prune: prune.exitCode}
+    }
+
+    expect(await scan()).toEqual({guard: [], prune: 0})
+    expect(await exists(host.final(raw.id))).toBe(true)
+
+    // The control: the same bytes where a disk.* name would have put them.
+    const asDisk = path.join(host.root, 'vm-1', 'disk.local.imgcache-0123abcd.tmp')
+    await rename(leftover, asDisk)
+    expect(await scan()).toEqual({
+      guard: [expect.objectContaining({path: asDisk, reason: expect.stringContaining('truncated')})],
+      prune: 4,
+    })
   })
 })
 
