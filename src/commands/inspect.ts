@@ -1,12 +1,15 @@
+import {Flags} from '@oclif/core'
+
 import {BaseCommand, withExitCodes} from '../base-command.js'
 import {cacheFlags, cacheOverrides, nodeFlags} from '../flags.js'
 import {analyzeNode} from '../lib/analysis.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
-import {ExitCode} from '../lib/exit-codes.js'
+import {ExitCode, type ExitCodeValue} from '../lib/exit-codes.js'
 import {forEachNode} from '../lib/fleet.js'
 import {buildInspectResult, type InspectResult} from '../lib/inspect.js'
 import {selectNodes} from '../lib/nodes.js'
 import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
+import {imageLookup, verifyNode} from '../lib/verify.js'
 
 export interface InspectReport {
   failures: NodeFailure[]
@@ -18,6 +21,8 @@ export default class Inspect extends BaseCommand<typeof Inspect> {
     `Lists every entry of each node's image cache (Nova's <instances_path>/_base): its kind by Nova's rules, the image it holds, size on disk and virtual size, format, how long it has been unused, the instances whose disks or metadata reach it, what \`imgcache prune\` would do with it and when, and whether the file is sound. Stale temporaries and files that are not cache entries are listed too.
 
 Instance usage is read from files: every disk of every instance directory and its whole qcow2 backing chain (read from the headers, not with qemu-img), and the image ids, swap and ephemeral sizes of each instance's libvirt.xml or libvirt domain XML.
+
+With --verify, every cached image (original) is read in full and its digest compared with the one its image service declares (Glance's os_hash_value or checksum, or the checksum of a config image alias): a base that is not its image's bytes is unsound and inspect exits 4. Bases converted when cached (raw from qcow2), resized copies and templates have nothing to compare with and are not verified.
 
 inspect never changes anything: it takes no lock, touches no file and deletes nothing.`,
   )
@@ -31,21 +36,44 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
       description: 'Another instances path, as JSON.',
     },
     {command: '<%= config.bin %> <%= command.id %> --aggregate prod-web', description: 'Every node of an aggregate.'},
+    {
+      command: '<%= config.bin %> <%= command.id %> --verify',
+      description: 'Also check that every cached image still holds the bytes the image service describes.',
+    },
   ]
-  static override flags = {...nodeFlags, ...cacheFlags}
+  static override flags = {
+    ...nodeFlags,
+    ...cacheFlags,
+    verify: Flags.boolean({
+      description:
+        "Read every cached image in full and compare its digest with the image service's (exit 4 on a mismatch). Slow on big caches.",
+    }),
+  }
   static override summary =
     'Show what is cached on a node, who uses it, what prune would do, and whether each file is sound.'
 
   async run(): Promise<InspectReport> {
     const {config} = this.config_
     const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
+    // One lookup for the run: each image is asked for once, whatever the number of nodes.
+    const lookup = this.flags.verify ? imageLookup(config, process.env, process.cwd()) : undefined
     const outcomes = await forEachNode(
       specs,
       {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
       async (node, spec) => {
         const settings = await resolveCacheSettings(node, config, spec.config, cacheOverrides(this.flags))
         const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})
-        return buildInspectResult(analysis)
+        const result = buildInspectResult(analysis)
+        if (lookup) {
+          const originals = result.entries.filter((e) => e.kind === 'original').length
+          if (!this.jsonEnabled() && !this.flags.quiet)
+            this.logToStderr(
+              `${node.name}: verifying ${originals} cached image${originals === 1 ? '' : 's'} (each is read in full)`,
+            )
+          await verifyNode(analysis, result, lookup, this.interrupt.signal)
+        }
+
+        return result
       },
     )
     // One node asked for and it failed: its own error (and exit code) is the answer.
@@ -62,7 +90,18 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
         this.logToStderr(`${f.node}: ${f.message}${f.suggestions.map((s) => `\n  → ${s}`).join('')}`)
     }
 
-    this.exitWith(overallExit(report.nodes.length, report.failures.length, ExitCode.Ok))
+    this.exitWith(verifyExit(report) ?? overallExit(report.nodes.length, report.failures.length, ExitCode.Ok))
     return report
   }
+}
+
+/**
+ * With --verify: 4 when a cached image is not its image's bytes (whatever else happened), else 3 or
+ * 1 when errors stopped some checks (the others succeeded, or none did); undefined otherwise.
+ */
+function verifyExit(report: InspectReport): ExitCodeValue | undefined {
+  const totals = report.nodes.flatMap((n) => (n.totals.verified ? [n.totals.verified] : []))
+  if (totals.some((t) => t.mismatch > 0)) return ExitCode.Refused
+  if (!totals.some((t) => t.failed > 0)) return undefined
+  return totals.some((t) => t.match > 0) ? ExitCode.Partial : ExitCode.Failed
 }

@@ -3,6 +3,7 @@ import {posix} from 'node:path'
 import type {NodeAnalysis} from './analysis.js'
 import type {EntryKind, PlanItem} from './cache/policy.js'
 import type {DiskProblem} from './cache/usage.js'
+import type {Verification, VerifyTotals} from './verify.js'
 
 import {cacheName, SIDECAR_DIR} from './cache/naming.js'
 import {DiskHeaderError, isQcow2, parseDiskHeader} from './cache/qcow2-header.js'
@@ -36,6 +37,8 @@ export interface InspectEntry {
   usedVia: string[]
   /** Instances whose disks or metadata reach the file. */
   users: string[]
+  /** With --verify, for originals: whether the file still holds its image's bytes (verify.ts). */
+  verify?: Verification
   virtualSize?: number
 }
 
@@ -70,6 +73,8 @@ export interface InspectResult {
     temporaries: number
     unknown: number
     unsound: number
+    /** With --verify: the originals by outcome, and how many checks an error stopped. */
+    verified?: VerifyTotals
   }
 }
 

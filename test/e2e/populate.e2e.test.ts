@@ -9,7 +9,7 @@ import type {PopulateReport} from '../../src/commands/populate.js'
 
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {overlayTemporary} from '../../src/lib/overlay.js'
-import {sha1} from '../fixtures/nova-host.js'
+import {libvirtXml, sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
@@ -480,6 +480,97 @@ describe('imgcache overlay', () => {
       message: expect.stringContaining('backing file'),
     })
     expect(await exists(dest)).toBe(false)
+  })
+})
+
+describe('imgcache inspect --verify', () => {
+  it("matches each cached image against Glance's digest, says why others cannot be, and names a changed base (exit 4)", async () => {
+    const host = instances('verify')
+    expect((await cli('populate', host.root, ['e2e-raw', 'e2e-qcow2'])).exitCode).toBe(0)
+    // A base Nova cached itself: no imgcache record; its image is known from an instance's libvirt.xml.
+    const novaBytes = payload(12, MiB + 512)
+    const novaImage = await glance.uploadImage({data: novaBytes, diskFormat: 'raw', name: 'e2e-verify-nova'})
+    await writeFile(host.final(novaImage.id), novaBytes)
+    // And one of an image Glance no longer has.
+    await writeFile(host.final('e2e-verify-gone'), payload(13, 4096))
+    for (const [dir, imageId] of [
+      ['vm-nova', novaImage.id],
+      ['vm-gone', 'e2e-verify-gone'],
+    ] as const) {
+      await mkdir(path.join(host.root, dir), {recursive: true})
+      await writeFile(path.join(host.root, dir, 'libvirt.xml'), libvirtXml({imageId}, dir))
+    }
+
+    const inspect = async (args: string[] = [], configFile = config) =>
+      runCli(['inspect', '--verify', '--instances-path', host.root, '--config', configFile, ...args])
+    const verdicts = (result: CliResult) =>
+      Object.fromEntries(
+        (parse<InspectReport>(result.stdout).nodes[0]?.entries ?? []).map((e) => [e.imageId ?? e.name, e.verify]),
+      )
+
+    const clean = await inspect(['--json'])
+    expect(clean.exitCode).toBe(0)
+    expect(verdicts(clean)).toEqual({
+      'e2e-verify-gone': {
+        outcome: 'unverifiable',
+        reason: expect.stringMatching(/^image e2e-verify-gone is not in .*\(deleted\?\)$/),
+      },
+      [novaImage.id]: expect.objectContaining({
+        algorithm: 'sha512',
+        expected: novaImage.os_hash_value,
+        outcome: 'match',
+      }),
+      [qcow2.id]: {
+        outcome: 'unverifiable',
+        reason: expect.stringContaining('converted from qcow2 to raw when cached'),
+      },
+      [raw.id]: expect.objectContaining({actual: raw.os_hash_value, algorithm: 'sha512', outcome: 'match'}),
+    })
+
+    // One byte of the raw base changed (same size), and the Nova base cut short.
+    const changed = await readFile(host.final(raw.id))
+    changed.writeUInt8(changed.readUInt8(1000) ^ 0xff, 1000)
+    await writeFile(host.final(raw.id), changed)
+    await writeFile(host.final(novaImage.id), novaBytes.subarray(0, MiB))
+    const dirty = await inspect(['--json'])
+    expect(dirty.exitCode).toBe(4)
+    const byId = verdicts(dirty)
+    expect(byId[raw.id]).toMatchObject({
+      expected: raw.os_hash_value,
+      outcome: 'mismatch',
+      reason: `its sha512 is not image ${raw.id}'s (${byId[raw.id]?.actual?.slice(0, 12)}… for ${raw.os_hash_value?.slice(0, 12)}…)`,
+    })
+    expect(byId[raw.id]?.actual).not.toBe(raw.os_hash_value)
+    expect(byId[novaImage.id]).toMatchObject({
+      outcome: 'mismatch',
+      reason: `it holds ${MiB} bytes, image ${novaImage.id} has ${novaBytes.length}`,
+    })
+    const rawEntry = parse<InspectReport>(dirty.stdout).nodes[0]?.entries.find((e) => e.imageId === raw.id)
+    expect(rawEntry).toMatchObject({
+      problems: [expect.stringContaining("not the image's bytes: its sha512")],
+      sound: false,
+    })
+
+    // As a person reads it: what is wrong, and what to do for a base in use and for one that is not.
+    const text = await inspect()
+    expect(text.exitCode).toBe(4)
+    expect(text.stdout).toContain('MISMATCH')
+    expect(text.stdout).toContain('verified 4 cached images: 0 match, 2 mismatch, 2 not verifiable')
+    expect(text.stdout).toContain(`In use and not the image's bytes: ${sha1(novaImage.id)}`)
+    expect(text.stdout).toContain(`Unused and not the image's bytes: ${sha1(raw.id)}. imgcache populate IMAGE --force`)
+    expect(text.stderr).toContain('verifying 4 cached images (each is read in full)')
+
+    // The image service unreachable: nothing could be checked, an error (exit 1), nothing changed.
+    const unreachable = path.join(work, 'verify-unreachable.json')
+    await writeFile(unreachable, JSON.stringify({imageService: {endpoint: 'http://127.0.0.1:9'}}))
+    const down = await inspect(['--json'], unreachable)
+    expect(down.exitCode).toBe(1)
+    expect(verdicts(down)[raw.id]).toMatchObject({
+      failed: true,
+      outcome: 'unverifiable',
+      reason: expect.stringContaining('127.0.0.1:9'),
+    })
+    expect((await readFile(host.final(raw.id))).equals(changed)).toBe(true)
   })
 })
 

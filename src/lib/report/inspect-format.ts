@@ -51,6 +51,57 @@ function usersColumn(users: string[]): string {
   return users.length <= 2 ? shown.join(', ') : `${shown.join(', ')} +${users.length - 2}`
 }
 
+function verifyColumn(entry: InspectEntry): string {
+  switch (entry.verify?.outcome) {
+    case 'match': {
+      return `ok (${entry.verify.algorithm})`
+    }
+
+    case 'mismatch': {
+      return 'MISMATCH'
+    }
+
+    case undefined: {
+      return '-'
+    }
+
+    case 'unverifiable': {
+      return entry.verify.failed ? 'FAILED' : 'not verifiable'
+    }
+  }
+}
+
+/** What --verify found on a node, and what to do about it. */
+function verifyLines(r: InspectResult, v: NonNullable<InspectResult['totals']['verified']>): string[] {
+  const lines = [
+    `verified ${v.match + v.mismatch + v.unverifiable} cached image${v.match + v.mismatch + v.unverifiable === 1 ? '' : 's'}: ` +
+      `${v.match} match, ${v.mismatch} mismatch, ${v.unverifiable} not verifiable${v.failed > 0 ? ` (${v.failed} because of an error)` : ''}`,
+  ]
+  for (const e of r.entries) {
+    if (!e.verify || e.verify.outcome === 'match') continue
+    const mark = e.verify.outcome === 'mismatch' || e.verify.failed ? '!' : ' '
+    lines.push(`${mark} ${e.name} (${e.imageName ?? e.imageId ?? 'image unknown'}): ${e.verify.reason}`)
+  }
+
+  const mismatched = r.entries.filter((e) => e.verify?.outcome === 'mismatch')
+  const inUse = mismatched.filter((e) => e.users.length > 0)
+  if (inUse.length > 0)
+    lines.push(
+      `→ In use and not the image's bytes: ${inUse.map((e) => e.name).join(', ')}. The instances' disks were built on ` +
+        'these bytes: do not replace such a base under them. New instances of the image would be built on it too: find ' +
+        'out what changed the file (storage errors, a manual copy) before the next boot from that image.',
+    )
+  if (mismatched.length > inUse.length)
+    lines.push(
+      `→ Unused and not the image's bytes: ${mismatched
+        .filter((e) => e.users.length === 0)
+        .map((e) => e.name)
+        .join(', ')}. imgcache populate IMAGE --force replaces each with a verified copy.`,
+    )
+  if (v.failed > 0) lines.push('→ Checks stopped by an error can be run again once the cause above is fixed.')
+  return lines
+}
+
 /** Human view of `imgcache inspect`: a table per node, totals, and what needs attention. */
 export function formatInspect(results: InspectResult[], options: {now?: number; verbose?: boolean} = {}): string {
   const now = options.now ?? Date.now()
@@ -65,6 +116,7 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
       )
     }
 
+    const {verified} = r.totals
     if (r.entries.length > 0) {
       const rows = r.entries.map((e) => [
         e.name,
@@ -77,10 +129,23 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
         usersColumn(e.users),
         pruneColumn(e, now),
         e.sound ? 'ok' : e.kind === 'unknown' ? '-' : `NO: ${e.problems.join('; ')}`,
+        ...(verified ? [verifyColumn(e)] : []),
       ])
       out.push(
         renderTable(
-          ['NAME', 'KIND', 'IMAGE', 'SIZE', 'VIRTUAL', 'FORMAT', 'UNUSED FOR', 'USERS', 'PRUNE', 'SOUND'],
+          [
+            'NAME',
+            'KIND',
+            'IMAGE',
+            'SIZE',
+            'VIRTUAL',
+            'FORMAT',
+            'UNUSED FOR',
+            'USERS',
+            'PRUNE',
+            'SOUND',
+            ...(verified ? ['VERIFIED'] : []),
+          ],
           rows,
         ),
       )
@@ -103,6 +168,7 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
       out.push(
         `→ ${t.unsound} unsound file${t.unsound === 1 ? '' : 's'}: see the SOUND column; remove and re-populate them once unused.`,
       )
+    if (verified) out.push(...verifyLines(r, verified))
     if (t.reclaimableBytes > 0)
       out.push('→ imgcache prune --dry-run shows what prune would remove; imgcache prune removes it.')
     out.push('')
