@@ -6,6 +6,7 @@ import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 
+import type {InspectReport} from '../../src/commands/inspect.js'
 import type {PrecacheReport} from '../../src/commands/precache.js'
 import type {ItemResult} from '../../src/lib/populate.js'
 
@@ -485,6 +486,17 @@ describe('imgcache precache', () => {
     const entry = (name: string) => view?.entries.find((e) => e.name === name)
     expect(entry(sha1(raw.id))).toMatchObject({prune: {outcome: 'in-use'}, users: ['vm-1']})
     expect(entry(sha1('retired-image'))).toMatchObject({prune: {outcome: 'removed'}, users: []})
+
+    // --verify hashes the base on the node itself (the SSH node's digest) and asks Glance for its own.
+    const verified = await runCli(['inspect', '--verify', '--node', 'node1', '--config', configFile, '--json'])
+    expect(verified.exitCode).toBe(0)
+    const [checked] = parse<InspectReport>(verified.stdout).nodes
+    const verdict = (name: string) => checked?.entries.find((e) => e.name === name)?.verify
+    expect(verdict(sha1(raw.id))).toMatchObject({actual: raw.os_hash_value, algorithm: 'sha512', outcome: 'match'})
+    expect(verdict(sha1('retired-image'))).toEqual({
+      outcome: 'unverifiable',
+      reason: 'no image id known for it (no imgcache record, and no instance names its image)',
+    })
 
     const pruned = await runCli(['prune', '--node', 'node1', '--config', configFile, '--json'])
     expect(pruned.exitCode).toBe(0)
