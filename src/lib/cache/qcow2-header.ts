@@ -101,21 +101,6 @@ export function parseDiskHeader(head: Buffer, fileSize: number): Qcow2Header | R
   return header
 }
 
-/**
- * Whether parseDiskHeader(head, size) may answer differently for two file sizes of at least
- * head.length: whether the header reaches past the bytes read (its length, or the backing file
- * name). When it does not, head.length stands in for the size, and a scan need not stat the file.
- * Errs on the side of true.
- */
-export function sizeMatters(head: Buffer): boolean {
-  if (!isQcow2(head)) return false
-  if (head.length < 104) return true
-  const headerLength = head.readUInt32BE(4) === 3 ? head.readUInt32BE(100) : 72
-  if (headerLength > head.length) return true
-  const backingOffset = head.readBigUInt64BE(8)
-  return backingOffset !== 0n && backingOffset + BigInt(head.readUInt32BE(16)) > BigInt(head.length)
-}
-
 /** Whether a backing name is a plain file path (not `json:{...}` or a protocol such as `rbd:` or `nbd://`). */
 export function isPlainFileName(backingFile: string): boolean {
   if (backingFile.startsWith('json:')) return false

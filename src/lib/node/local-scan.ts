@@ -23,7 +23,6 @@ import {join} from 'node:path'
 
 import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
 
-import {sizeMatters} from '../cache/qcow2-header.js'
 import {errnoCode} from '../errors.js'
 import {childPath} from '../paths.js'
 
@@ -157,23 +156,6 @@ function readHeadSync(path: string, bytes: number): {head: Buffer; size: number}
     const buffer = slabBuffer(length)
     const bytesRead = readSync(fd, buffer, 0, length, 0)
     return {head: buffer.subarray(0, bytesRead), size}
-  } finally {
-    closeSync(fd)
-  }
-}
-
-/**
- * An instance disk's first `bytes` bytes: open, pread, close, and fstat only when the size can
- * matter (a shorter read is the whole file; sizeMatters says when the head cannot stand in for it).
- */
-function readDiskHeadSync(path: string, bytes: number): {head: Buffer; size?: number} {
-  const fd = openSync(path, 'r')
-  // A close error wins over an earlier one, as in readHeadAsync.
-  try {
-    const buffer = slabBuffer(bytes)
-    const head = buffer.subarray(0, readSync(fd, buffer, 0, bytes, 0))
-    if (head.length < bytes) return {head, size: head.length}
-    return {head, size: sizeMatters(head) ? fstatSync(fd).size : undefined}
   } finally {
     closeSync(fd)
   }
@@ -380,9 +362,9 @@ function scanInstanceDirSync(instancesPath: string, name: string, headBytes: num
     } else if (isDiskName(d.name)) {
       const disk: DiskHead = {name: d.name}
       try {
-        const {head, size} = readDiskHeadSync(path, headBytes)
+        const {head, size} = readHeadSync(path, headBytes)
         disk.head = head
-        if (size !== undefined) disk.size = size
+        disk.size = size
       } catch (error) {
         disk.error = `cannot read: ${message(error)}`
         disk.errorCode = errnoCode(error)

@@ -28,10 +28,6 @@ export interface DiskHead {
   /** The first `headBytes` bytes (fewer when the file is shorter). */
   head?: Buffer
   name: string
-  /**
-   * The file's size; absent when the head alone answers all that the size is needed for (a file
-   * at least `headBytes` long whose header lies within them: qcow2-header.ts sizeMatters).
-   */
   size?: number
 }
 
