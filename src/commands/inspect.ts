@@ -4,12 +4,13 @@ import {BaseCommand, withExitCodes} from '../base-command.js'
 import {cacheFlags, cacheOverrides, nodeFlags} from '../flags.js'
 import {analyzeNode} from '../lib/analysis.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
-import {ExitCode, type ExitCodeValue} from '../lib/exit-codes.js'
+import {formatBytes} from '../lib/duration.js'
+import {ExitCode} from '../lib/exit-codes.js'
 import {forEachNode} from '../lib/fleet.js'
 import {buildInspectResult, type InspectResult} from '../lib/inspect.js'
 import {selectNodes} from '../lib/nodes.js'
 import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
-import {imageLookup, verifyNode} from '../lib/verify.js'
+import {prepareImageLookup, verifyExit, verifyNode} from '../lib/verify.js'
 
 export interface InspectReport {
   failures: NodeFailure[]
@@ -55,8 +56,9 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
   async run(): Promise<InspectReport> {
     const {config} = this.config_
     const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
-    // One lookup for the run: each image is asked for once, whatever the number of nodes.
-    const lookup = this.flags.verify ? imageLookup(config, process.env, process.cwd()) : undefined
+    // One lookup for the run, set up before any node is read: each image is asked for once.
+    const lookup = this.flags.verify ? await prepareImageLookup(config, process.env, process.cwd()) : undefined
+    const progress = !this.jsonEnabled() && !this.flags.quiet
     const outcomes = await forEachNode(
       specs,
       {concurrency: this.flags.concurrency ?? config.defaults?.concurrency ?? 4, config, signal: this.interrupt.signal},
@@ -65,12 +67,15 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
         const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})
         const result = buildInspectResult(analysis)
         if (lookup) {
-          const originals = result.entries.filter((e) => e.kind === 'original').length
-          if (!this.jsonEnabled() && !this.flags.quiet)
-            this.logToStderr(
-              `${node.name}: verifying ${originals} cached image${originals === 1 ? '' : 's'} (each is read in full)`,
-            )
-          await verifyNode(analysis, result, lookup, this.interrupt.signal)
+          await verifyNode(analysis, result, lookup, {
+            onEntry: progress
+              ? (e) =>
+                  this.logToStderr(
+                    `${node.name}: verifying ${e.name} (${e.imageName ?? e.imageId ?? 'image unknown'}, ${formatBytes(e.apparentBytes)})`,
+                  )
+              : undefined,
+            signal: this.interrupt.signal,
+          })
         }
 
         return result
@@ -90,18 +95,7 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
         this.logToStderr(`${f.node}: ${f.message}${f.suggestions.map((s) => `\n  → ${s}`).join('')}`)
     }
 
-    this.exitWith(verifyExit(report) ?? overallExit(report.nodes.length, report.failures.length, ExitCode.Ok))
+    this.exitWith(verifyExit(report.nodes) ?? overallExit(report.nodes.length, report.failures.length, ExitCode.Ok))
     return report
   }
-}
-
-/**
- * With --verify: 4 when a cached image is not its image's bytes (whatever else happened), else 3 or
- * 1 when errors stopped some checks (the others succeeded, or none did); undefined otherwise.
- */
-function verifyExit(report: InspectReport): ExitCodeValue | undefined {
-  const totals = report.nodes.flatMap((n) => (n.totals.verified ? [n.totals.verified] : []))
-  if (totals.some((t) => t.mismatch > 0)) return ExitCode.Refused
-  if (!totals.some((t) => t.failed > 0)) return undefined
-  return totals.some((t) => t.match > 0) ? ExitCode.Partial : ExitCode.Failed
 }

@@ -24,7 +24,11 @@ export const exitCodeTable: ReadonlyArray<{code: ExitCodeValue; meaning: string}
   {code: ExitCode.Failed, meaning: 'the operation failed'},
   {code: ExitCode.Usage, meaning: 'usage or configuration error; nothing was changed'},
   {code: ExitCode.Partial, meaning: 'partial failure: some nodes or images failed, the others succeeded'},
-  {code: ExitCode.Refused, meaning: 'refused for safety: unsafe image, prune guard tripped, unreadable instance disk'},
+  {
+    code: ExitCode.Refused,
+    meaning:
+      "refused for safety: unsafe image, prune guard tripped, unreadable instance disk; inspect --verify: a cached image is not its image's bytes",
+  },
   {code: ExitCode.Interrupted, meaning: 'interrupted (Ctrl-C) before anything finished'},
 ]
 

@@ -1,9 +1,10 @@
 import type {NodeAnalysis} from './analysis.js'
 import type {ImgcacheConfig} from './config/schema.js'
 import type {InspectEntry, InspectResult} from './inspect.js'
-import type {Node} from './node/types.js'
 
-import {describeError, ImgcacheError} from './errors.js'
+import {describeError, ImgcacheError, UsageError} from './errors.js'
+import {ExitCode, type ExitCodeValue} from './exit-codes.js'
+import {qemuFormatName} from './formats/index.js'
 import {expectedHash, hashFields, parseChecksum} from './image-source/checksum.js'
 import {createImageSource} from './image-source/index.js'
 import {type ExpectedHash, type HashAlgorithm, type ImageRecord, type ImageSource} from './image-source/types.js'
@@ -11,71 +12,96 @@ import {parseSidecar} from './sidecar.js'
 
 /**
  * `inspect --verify`: whether each cached image still holds the bytes its image service describes.
- * - `match`: the file's digest is the one the image service declares.
- * - `mismatch`: it is not (or its size is not the image's): the base is not the image; do not use it.
+ * - `match`: the file's digest is the one declared for the image.
+ * - `mismatch`: it is not (or its size is not the image's): the base is not the image.
  * - `unverifiable`: nothing to compare with, and why (no image id known, converted when cached, no
- *   digest declared, the image is gone from the service), or the comparison failed (`failed`).
+ *   digest declared, the image gone from the service); `failed` when an error stopped the check
+ *   (worth a retry once fixed), `interrupted` when Ctrl-C did.
  */
 export interface Verification {
   actual?: string
   algorithm?: HashAlgorithm
   expected?: string
-  /** An error stopped the check (image service unreachable, the file unreadable): worth a retry. */
   failed?: boolean
+  interrupted?: boolean
   outcome: 'match' | 'mismatch' | 'unverifiable'
   reason: string
+  /** Next steps, for a failed check. */
+  suggestions?: string[]
 }
 
 export interface VerifyTotals {
   failed: number
+  interrupted: number
   match: number
   mismatch: number
   unverifiable: number
 }
 
 /** What the image service says of an image, or why it cannot say. */
-export type ImageLookup = (imageId: string) => Promise<ImageRecord | {failed: boolean; reason: string}>
-
-/** Glance disk formats whose bytes are what qemu probes as raw. */
-const RAW_DISK_FORMATS = new Set(['aki', 'ami', 'ari', 'iso', 'raw'])
+export type ImageLookup = (
+  imageId: string,
+) => Promise<ImageRecord | {failed: boolean; reason: string; suggestions?: string[]}>
 
 /**
- * Whether the cached file can hold the image's bytes as uploaded: not when it was converted when
- * cached (Nova's force_raw_images, imgcache's conversion). Returns why not, or undefined.
+ * How far a digest comparison can be trusted, before any byte is read:
+ * - `converted`: the file was converted when cached: the declared digest is of other bytes.
+ * - `reliable`: the file should be the bytes as uploaded; a different digest is a mismatch.
+ * - `unsure`: it may be a conversion (what could tell is unknown): a different digest proves nothing.
  */
-export function conversionOf(
+export type Comparability = {converted: string} | {reliable: true} | {unsure: string}
+
+/**
+ * Whether the cached file can hold the image's bytes as uploaded. imgcache's record of the entry
+ * says what it did; without one (Nova cached it), the formats and the node's force_raw_images tell
+ * what Nova would have done. Nova and imgcache convert only to raw, and inspect tells qcow2 from
+ * everything else by its header, so a file that is not qcow2 is `raw` here.
+ */
+export function comparability(
   fileFormat: string | undefined,
-  record: Pick<ImageRecord, 'diskFormat'>,
+  diskFormat: string | undefined,
   sidecar: undefined | {format?: string; sourceFormat?: string},
-): string | undefined {
-  if (sidecar?.sourceFormat && sidecar.format && sidecar.sourceFormat !== sidecar.format)
-    return `converted from ${sidecar.sourceFormat} to ${sidecar.format} when cached`
-  // Nova and imgcache convert only to raw: any other difference is for the digest to judge.
-  const declared = record.diskFormat?.toLowerCase()
-  if (!declared || fileFormat !== 'raw' || RAW_DISK_FORMATS.has(declared)) return undefined
-  return `converted from ${declared} to raw when cached`
+  forceRaw: boolean,
+): Comparability {
+  if (sidecar?.format && sidecar.sourceFormat) {
+    const declared = sidecar.sourceFormat.toLowerCase()
+    return qemuFormatName(declared) === sidecar.format
+      ? {reliable: true}
+      : {converted: `converted from ${declared} to ${sidecar.format} when cached`}
+  }
+
+  if (!diskFormat) return {unsure: "the image's format is not declared, so the file may be a conversion of it"}
+  const declared = diskFormat.toLowerCase()
+  const asQemu = qemuFormatName(declared)
+  if (asQemu === 'raw' || fileFormat === 'qcow2') return {reliable: true}
+  if (fileFormat !== 'raw') return {unsure: 'its first bytes could not be read'}
+  if (asQemu === 'qcow2' || forceRaw) return {converted: `converted from ${declared} to raw when cached`}
+  return {
+    unsure: `a ${declared} image kept as it is, unless it was converted to raw when cached (force_raw_images on at the time)`,
+  }
 }
 
 /**
- * The verdict on one entry once its image is known, before any byte is hashed: unverifiable,
- * a size mismatch, or the digest to compute.
+ * The verdict on one entry once its image is known, before any byte is hashed: unverifiable, a
+ * size mismatch, or the digest to compute and how far a difference can be trusted.
  */
 export function planVerification(
   entry: Pick<InspectEntry, 'apparentBytes' | 'format'>,
   record: ImageRecord,
   sidecar: undefined | {format?: string; sourceFormat?: string},
-): ExpectedHash | Verification {
-  const conversion = conversionOf(entry.format, record, sidecar)
-  if (conversion) {
+  forceRaw: boolean,
+): Verification | {comparability: Comparability; hash: ExpectedHash} {
+  const how = comparability(entry.format, record.diskFormat, sidecar, forceRaw)
+  if ('converted' in how) {
     return {
       outcome: 'unverifiable',
-      reason: `${conversion}: the image service's digest is of the ${record.diskFormat ?? 'uploaded'} bytes`,
+      reason: `${how.converted}: the declared digest is of the ${record.diskFormat ?? sidecar?.sourceFormat ?? 'uploaded'} bytes`,
     }
   }
 
   const hash = expectedHash(record)
-  if (!hash) return {outcome: 'unverifiable', reason: `the image service declares no digest for image ${record.id}`}
-  if (record.size !== undefined && record.size !== entry.apparentBytes) {
+  if (!hash) return {outcome: 'unverifiable', reason: `no digest is declared for image ${record.id}`}
+  if ('reliable' in how && record.size !== undefined && record.size !== entry.apparentBytes) {
     return {
       algorithm: hash.algorithm,
       expected: hash.value,
@@ -84,46 +110,78 @@ export function planVerification(
     }
   }
 
-  return hash
+  return {comparability: how, hash}
+}
+
+/** Errors that say the whole image service is out of reach, not that one image is. */
+const SERVICE_WIDE = new Set(['AUTH_FAILED', 'IMAGE_SERVICE_TIMEOUT', 'IMAGE_SERVICE_TLS', 'IMAGE_SERVICE_UNREACHABLE'])
+
+function suggestionsOf(error: unknown): string[] | undefined {
+  return error instanceof ImgcacheError && error.suggestions.length > 0 ? error.suggestions : undefined
 }
 
 /**
- * The image lookup of a run, shared by every node (each image is asked for once): the config's
- * image aliases by id (their declared checksum and format), else the image service by id.
+ * The image lookup of a run, shared by every node (each image is asked for once). A config image
+ * alias with that id and a checksum answers first; else the image service, by id. Set up before
+ * any node is scanned: a configuration or credentials problem is a usage error (exit 2) then, and
+ * so is having nothing at all to ask.
  */
-export function imageLookup(config: ImgcacheConfig, env: NodeJS.ProcessEnv, cwd: string): ImageLookup {
-  let service: Promise<ImageSource | undefined> | undefined
-  /** The first error of the image service: the later images are not asked (each ask retries for seconds). */
-  let broken: string | undefined
-  const known = new Map<string, ReturnType<ImageLookup>>()
-  const ask = async (imageId: string): ReturnType<ImageLookup> => {
-    const alias = Object.entries(config.images ?? {}).find(([, a]) => a.id === imageId)
-    if (alias) {
-      const [name, {checksum, diskFormat}] = alias
-      const hash = checksum ? parseChecksum(checksum, `images.${name}.checksum`) : undefined
-      return {diskFormat, id: imageId, name, source: 'url', status: 'active', ...hashFields(hash)}
-    }
+export async function prepareImageLookup(
+  config: ImgcacheConfig,
+  env: NodeJS.ProcessEnv,
+  cwd: string,
+): Promise<ImageLookup> {
+  const aliases = Object.entries(config.images ?? {}).filter(([, a]) => a.id !== undefined && a.checksum)
+  const source: ImageSource | undefined = await createImageSource(config.imageService, env, {cwd})
+  if (!source && aliases.length === 0) {
+    throw new UsageError(
+      'NO_IMAGE_SERVICE',
+      'inspect --verify compares each cached image with the digest its image service declares, and no image service is configured',
+      {
+        field: 'imageService',
+        suggestions: [
+          'Set OS_CLOUD (with a clouds.yaml), the OS_* variables, or imageService in the config file.',
+          'Images cached from URLs or files are verified against the checksum of their config alias (images: {NAME: {id, url, checksum}}).',
+        ],
+      },
+    )
+  }
 
-    service ??= createImageSource(config.imageService, env, {cwd})
-    let source: ImageSource | undefined
+  // Credentials are tried now: refused ones are the operator's to fix before anything is read.
+  if (source?.authenticate) {
     try {
-      source = await service
+      await source.authenticate()
     } catch (error) {
-      return {failed: true, reason: `cannot reach the image service: ${describeError(error)}`}
-    }
-
-    if (!source) return {failed: false, reason: 'no image service is configured to ask for its digest'}
-    if (broken) return {failed: true, reason: `not asked: ${broken}`}
-    try {
-      return await source.resolve(imageId)
-    } catch (error) {
-      if (error instanceof ImgcacheError && error.code === 'IMAGE_NOT_FOUND')
-        return {failed: false, reason: `image ${imageId} is not in ${source.description} (deleted?)`}
-      broken ??= `${source.description} failed: ${describeError(error)}`
-      return {failed: true, reason: `cannot look image ${imageId} up in ${source.description}: ${describeError(error)}`}
+      if (error instanceof UsageError) throw error
+      // Unreachable now: each check says so (exit 1), after the rest of inspect is done.
     }
   }
 
+  /** The first service-wide error: later images are not asked (each ask retries for seconds). */
+  let broken: undefined | {reason: string; suggestions?: string[]}
+  const ask = async (imageId: string): ReturnType<ImageLookup> => {
+    const alias = aliases.find(([, a]) => a.id === imageId)
+    if (alias) {
+      const [name, {checksum, diskFormat}] = alias
+      const hash = parseChecksum(checksum!, `images.${name}.checksum`)
+      return {diskFormat, id: imageId, name, source: 'url', status: 'active', ...hashFields(hash)}
+    }
+
+    if (!source) return {failed: false, reason: 'no image service is configured to ask for its digest'}
+    if (broken) return {failed: true, reason: `not asked: ${broken.reason}`, suggestions: broken.suggestions}
+    try {
+      const record = source.get ? await source.get(imageId) : await source.resolve(imageId)
+      return record ?? {failed: false, reason: `image ${imageId} is not in ${source.description} (deleted?)`}
+    } catch (error) {
+      if (error instanceof ImgcacheError && error.code === 'IMAGE_NOT_FOUND')
+        return {failed: false, reason: `image ${imageId} is not in ${source.description} (deleted?)`}
+      const failure = {failed: true, reason: describeError(error), suggestions: suggestionsOf(error)}
+      if (error instanceof ImgcacheError && SERVICE_WIDE.has(error.code)) broken ??= failure
+      return failure
+    }
+  }
+
+  const known = new Map<string, ReturnType<ImageLookup>>()
   return async (imageId) => {
     let answer = known.get(imageId)
     if (!answer) {
@@ -135,62 +193,93 @@ export function imageLookup(config: ImgcacheConfig, env: NodeJS.ProcessEnv, cwd:
   }
 }
 
+interface VerifyContext {
+  forceRaw: boolean
+  lookup: ImageLookup
+  node: NodeAnalysis['node']
+  signal?: AbortSignal
+}
+
 async function verifyEntry(
-  node: Node,
   entry: InspectEntry,
   sidecarText: string | undefined,
-  lookup: ImageLookup,
+  ctx: VerifyContext,
 ): Promise<Verification> {
   if (!entry.imageId) {
     return {
       outcome: 'unverifiable',
       reason: 'no image id known for it (no imgcache record, and no instance names its image)',
-    }
+    } satisfies Verification
   }
 
-  const record = await lookup(entry.imageId)
-  if ('reason' in record) return {failed: record.failed || undefined, outcome: 'unverifiable', reason: record.reason}
-  const plan = planVerification(entry, record, parseSidecar(sidecarText))
+  const record = await ctx.lookup(entry.imageId)
+  if ('reason' in record) {
+    return {
+      failed: record.failed || undefined,
+      outcome: 'unverifiable',
+      reason: record.reason,
+      suggestions: record.suggestions,
+    } satisfies Verification
+  }
+
+  const plan = planVerification(entry, record, parseSidecar(sidecarText), ctx.forceRaw)
   if ('outcome' in plan) return plan
+  const {algorithm, value} = plan.hash
   let actual: string
   try {
-    actual = (await node.digest(entry.path, plan.algorithm)).toLowerCase()
+    actual = (await ctx.node.digest(entry.path, algorithm, {signal: ctx.signal})).toLowerCase()
   } catch (error) {
-    return {failed: true, outcome: 'unverifiable', reason: `cannot read ${entry.path}: ${describeError(error)}`}
+    if (ctx.signal?.aborted) throw error
+    return {failed: true, outcome: 'unverifiable', reason: describeError(error), suggestions: suggestionsOf(error)}
   }
 
-  return actual === plan.value
-    ? {actual, algorithm: plan.algorithm, expected: plan.value, outcome: 'match', reason: `${plan.algorithm} matches`}
-    : {
-        actual,
-        algorithm: plan.algorithm,
-        expected: plan.value,
-        outcome: 'mismatch',
-        reason: `its ${plan.algorithm} is not image ${entry.imageId}'s (${actual.slice(0, 12)}… for ${plan.value.slice(0, 12)}…)`,
-      }
+  const compared = {actual, algorithm, expected: value}
+  if (actual === value) return {...compared, outcome: 'match', reason: `${algorithm} matches`} satisfies Verification
+  const difference = `its ${algorithm} is not image ${entry.imageId}'s (${actual.slice(0, 12)}… for ${value.slice(0, 12)}…)`
+  if ('unsure' in plan.comparability)
+    return {
+      ...compared,
+      outcome: 'unverifiable',
+      reason: `${difference}, which proves nothing: ${plan.comparability.unsure}`,
+    }
+  return {...compared, outcome: 'mismatch', reason: difference} satisfies Verification
 }
 
 /**
- * Hash every cached original of a node (one at a time: each is read in full) and compare it with
+ * Hash every cached original of a node, one at a time (each is read in full), and compare it with
  * its image's declared digest. Entries gain `verify`; a mismatch makes the entry unsound, with the
  * reason among its problems. Resized copies, `_sm` copies and templates hold no image's bytes as
- * uploaded, so they are not verified.
+ * uploaded and are not verified. Interrupted (the signal), the originals not yet checked say so and
+ * what was found is kept. `onEntry` hears of each check before it starts.
  */
 export async function verifyNode(
   analysis: NodeAnalysis,
   result: InspectResult,
   lookup: ImageLookup,
-  signal?: AbortSignal,
+  options: {onEntry?: (entry: InspectEntry) => void; signal?: AbortSignal} = {},
 ): Promise<VerifyTotals> {
-  const totals: VerifyTotals = {failed: 0, match: 0, mismatch: 0, unverifiable: 0}
+  const totals: VerifyTotals = {failed: 0, interrupted: 0, match: 0, mismatch: 0, unverifiable: 0}
+  const ctx: VerifyContext = {forceRaw: analysis.settings.forceRaw, lookup, node: analysis.node, signal: options.signal}
   for (const entry of result.entries) {
-    if (entry.kind !== 'original' || entry.format === undefined) continue
-    signal?.throwIfAborted()
-    // eslint-disable-next-line no-await-in-loop
-    const verification = await verifyEntry(analysis.node, entry, analysis.scan.sidecars[entry.name], lookup)
+    if (entry.kind !== 'original') continue
+    let verification: Verification
+    if (options.signal?.aborted) {
+      verification = {interrupted: true, outcome: 'unverifiable', reason: 'not checked: interrupted'}
+    } else {
+      options.onEntry?.(entry)
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        verification = await verifyEntry(entry, analysis.scan.sidecars[entry.name], ctx)
+      } catch (error) {
+        if (!options.signal?.aborted) throw error
+        verification = {interrupted: true, outcome: 'unverifiable', reason: 'not checked: interrupted'}
+      }
+    }
+
     entry.verify = verification
     totals[verification.outcome]++
     if (verification.failed) totals.failed++
+    if (verification.interrupted) totals.interrupted++
     if (verification.outcome === 'mismatch') {
       entry.problems.push(`not the image's bytes: ${verification.reason}`)
       entry.sound = false
@@ -200,4 +289,18 @@ export async function verifyNode(
   result.totals.unsound = result.entries.filter((e) => !e.sound).length
   result.totals.verified = totals
   return totals
+}
+
+/**
+ * The exit code of `inspect --verify`, when verification decides it: 4 when a cached image is not
+ * its image's bytes (whatever else happened); when checks were interrupted or stopped by errors, 3
+ * if others matched and 130 or 1 if none did; undefined when the checks themselves say nothing.
+ */
+export function verifyExit(nodes: Array<Pick<InspectResult, 'totals'>>): ExitCodeValue | undefined {
+  const totals = nodes.flatMap((n) => (n.totals.verified ? [n.totals.verified] : []))
+  const sum = (key: keyof VerifyTotals) => totals.reduce((s, t) => s + t[key], 0)
+  if (sum('mismatch') > 0) return ExitCode.Refused
+  if (sum('interrupted') > 0) return sum('match') > 0 ? ExitCode.Partial : ExitCode.Interrupted
+  if (sum('failed') > 0) return sum('match') > 0 ? ExitCode.Partial : ExitCode.Failed
+  return undefined
 }

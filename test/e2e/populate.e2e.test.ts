@@ -1,5 +1,5 @@
 import {execa, type ResultPromise} from 'execa'
-import {mkdir, mkdtemp, open, readFile, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, open, readdir, readFile, readlink, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
@@ -483,48 +483,65 @@ describe('imgcache overlay', () => {
   })
 })
 
+/** Each entry's --verify verdict by image id (or name, when no image is known). */
+function verdicts(stdout: string) {
+  return Object.fromEntries(
+    (parse<InspectReport>(stdout).nodes[0]?.entries ?? []).map((e) => [e.imageId ?? e.name, e.verify]),
+  )
+}
+
+async function verify(root: string, args: string[] = [], configFile = config): Promise<CliResult> {
+  return runCli(['inspect', '--verify', '--instances-path', root, '--config', configFile, ...args])
+}
+
+/** An instance directory whose libvirt.xml names the image. */
+async function instance(root: string, dir: string, imageId: string): Promise<void> {
+  await mkdir(path.join(root, dir), {recursive: true})
+  await writeFile(path.join(root, dir, 'libvirt.xml'), libvirtXml({imageId}, dir))
+}
+
+/** Whether process `pid` has `file` open. */
+async function holdsOpen(pid: number, file: string): Promise<boolean> {
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => [])
+  const targets = await Promise.all(fds.map(async (fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')))
+  return targets.includes(file)
+}
+
 describe('imgcache inspect --verify', () => {
   it("matches each cached image against Glance's digest, says why others cannot be, and names a changed base (exit 4)", async () => {
     const host = instances('verify')
-    expect((await cli('populate', host.root, ['e2e-raw', 'e2e-qcow2'])).exitCode).toBe(0)
+    const [iso, vhd] = [corpusIds.iso!, corpusIds.vhd!]
+    expect((await cli('populate', host.root, ['e2e-raw', 'e2e-qcow2', iso, vhd])).exitCode).toBe(0)
     // A base Nova cached itself: no imgcache record; its image is known from an instance's libvirt.xml.
     const novaBytes = payload(12, MiB + 512)
     const novaImage = await glance.uploadImage({data: novaBytes, diskFormat: 'raw', name: 'e2e-verify-nova'})
     await writeFile(host.final(novaImage.id), novaBytes)
+    await instance(host.root, 'vm-nova', novaImage.id)
     // And one of an image Glance no longer has.
     await writeFile(host.final('e2e-verify-gone'), payload(13, 4096))
-    for (const [dir, imageId] of [
-      ['vm-nova', novaImage.id],
-      ['vm-gone', 'e2e-verify-gone'],
-    ] as const) {
-      await mkdir(path.join(host.root, dir), {recursive: true})
-      await writeFile(path.join(host.root, dir, 'libvirt.xml'), libvirtXml({imageId}, dir))
-    }
+    await instance(host.root, 'vm-gone', 'e2e-verify-gone')
 
-    const inspect = async (args: string[] = [], configFile = config) =>
-      runCli(['inspect', '--verify', '--instances-path', host.root, '--config', configFile, ...args])
-    const verdicts = (result: CliResult) =>
-      Object.fromEntries(
-        (parse<InspectReport>(result.stdout).nodes[0]?.entries ?? []).map((e) => [e.imageId ?? e.name, e.verify]),
-      )
-
-    const clean = await inspect(['--json'])
+    const clean = await verify(host.root, ['--json'])
     expect(clean.exitCode).toBe(0)
-    expect(verdicts(clean)).toEqual({
+    const match = (image: GlanceImageJson) =>
+      expect.objectContaining({actual: image.os_hash_value, algorithm: 'sha512', outcome: 'match'})
+    expect(verdicts(clean.stdout)).toEqual({
       'e2e-verify-gone': {
         outcome: 'unverifiable',
         reason: expect.stringMatching(/^image e2e-verify-gone is not in .*\(deleted\?\)$/),
       },
-      [novaImage.id]: expect.objectContaining({
-        algorithm: 'sha512',
-        expected: novaImage.os_hash_value,
-        outcome: 'match',
-      }),
+      // An iso is raw to qemu: cached as it came, and verified.
+      [iso]: match(await glance.getImage(iso)),
+      [novaImage.id]: match(novaImage),
       [qcow2.id]: {
         outcome: 'unverifiable',
-        reason: expect.stringContaining('converted from qcow2 to raw when cached'),
+        reason: 'converted from qcow2 to raw when cached: the declared digest is of the qcow2 bytes',
       },
-      [raw.id]: expect.objectContaining({actual: raw.os_hash_value, algorithm: 'sha512', outcome: 'match'}),
+      [raw.id]: match(raw),
+      [vhd]: {
+        outcome: 'unverifiable',
+        reason: 'converted from vhd to raw when cached: the declared digest is of the vhd bytes',
+      },
     })
 
     // One byte of the raw base changed (same size), and the Nova base cut short.
@@ -532,9 +549,9 @@ describe('imgcache inspect --verify', () => {
     changed.writeUInt8(changed.readUInt8(1000) ^ 0xff, 1000)
     await writeFile(host.final(raw.id), changed)
     await writeFile(host.final(novaImage.id), novaBytes.subarray(0, MiB))
-    const dirty = await inspect(['--json'])
+    const dirty = await verify(host.root, ['--json'])
     expect(dirty.exitCode).toBe(4)
-    const byId = verdicts(dirty)
+    const byId = verdicts(dirty.stdout)
     expect(byId[raw.id]).toMatchObject({
       expected: raw.os_hash_value,
       outcome: 'mismatch',
@@ -552,25 +569,87 @@ describe('imgcache inspect --verify', () => {
     })
 
     // As a person reads it: what is wrong, and what to do for a base in use and for one that is not.
-    const text = await inspect()
+    const text = await verify(host.root)
     expect(text.exitCode).toBe(4)
     expect(text.stdout).toContain('MISMATCH')
-    expect(text.stdout).toContain('verified 4 cached images: 0 match, 2 mismatch, 2 not verifiable')
-    expect(text.stdout).toContain(`In use and not the image's bytes: ${sha1(novaImage.id)}`)
-    expect(text.stdout).toContain(`Unused and not the image's bytes: ${sha1(raw.id)}. imgcache populate IMAGE --force`)
-    expect(text.stderr).toContain('verifying 4 cached images (each is read in full)')
+    expect(text.stdout).toContain(
+      'checked 6 cached images against the declared digests: 1 match, 2 mismatch, 3 not verifiable',
+    )
+    expect(text.stdout).toContain(
+      `→ ${sha1(novaImage.id)} is in use (1 instance) and is not image ${novaImage.id}'s bytes`,
+    )
+    expect(text.stdout).toContain(
+      `→ ${sha1(raw.id)} is unused and is not image ${raw.id}'s bytes: imgcache populate ${raw.id} --force --node local`,
+    )
+    expect(text.stderr).toContain(`local: verifying ${sha1(raw.id)} (e2e-raw, 2.0 MiB)`)
+    expect((await readFile(host.final(raw.id))).equals(changed)).toBe(true)
+  })
 
-    // The image service unreachable: nothing could be checked, an error (exit 1), nothing changed.
+  it('with the image service out of reach: each check says why, later images are not asked (exit 1); with none, exit 2', async () => {
+    const host = instances('verify-unreachable')
+    expect((await cli('populate', host.root, ['e2e-raw'])).exitCode).toBe(0)
+    await writeFile(host.final('e2e-verify-other'), payload(14, 4096))
+    await instance(host.root, 'vm-other', 'e2e-verify-other')
     const unreachable = path.join(work, 'verify-unreachable.json')
     await writeFile(unreachable, JSON.stringify({imageService: {endpoint: 'http://127.0.0.1:9'}}))
-    const down = await inspect(['--json'], unreachable)
+    const down = await verify(host.root, ['--json'], unreachable)
     expect(down.exitCode).toBe(1)
-    expect(verdicts(down)[raw.id]).toMatchObject({
-      failed: true,
-      outcome: 'unverifiable',
-      reason: expect.stringContaining('127.0.0.1:9'),
+    const [first, second] = (parse<InspectReport>(down.stdout).nodes[0]?.entries ?? []).map((e) => e.verify)
+    expect(first).toMatchObject({failed: true, outcome: 'unverifiable', reason: expect.stringContaining('127.0.0.1:9')})
+    expect(second).toMatchObject({failed: true, outcome: 'unverifiable', reason: expect.stringMatching(/^not asked: /)})
+
+    const none = path.join(work, 'verify-none.json')
+    await writeFile(none, '{}')
+    const unconfigured = await runCli(
+      ['inspect', '--verify', '--instances-path', host.root, '--config', none, '--json'],
+      {env: {OS_CLOUD: '', OS_AUTH_URL: '', OS_CLIENT_CONFIG_FILE: path.join(work, 'no-clouds.yaml')}},
+    )
+    expect(unconfigured.exitCode).toBe(2)
+    expect(parse<ErrorJson>(unconfigured.stdout).error).toMatchObject({
+      code: 'NO_IMAGE_SERVICE',
+      suggestions: [expect.stringContaining('OS_CLOUD'), expect.stringContaining('checksum')],
     })
-    expect((await readFile(host.final(raw.id))).equals(changed)).toBe(true)
+  })
+
+  it('Ctrl-C while a base is hashed: stops at once, keeps what was found, says what was not checked (exit 130)', async () => {
+    const host = instances('verify-interrupted')
+    // An image known by a config alias (no size to refuse a file by): 4 GiB of zeros to hash.
+    const big = path.join(work, 'verify-big.json')
+    await writeFile(
+      big,
+      JSON.stringify({
+        images: {
+          big: {checksum: `sha256:${'0'.repeat(64)}`, diskFormat: 'raw', id: 'e2e-big', url: 'http://127.0.0.1:9/big'},
+        },
+      }),
+    )
+    await mkdir(host.cacheDir, {recursive: true})
+    await writeFile(host.final('e2e-big'), '')
+    await execa('truncate', ['-s', '4G', host.final('e2e-big')])
+    await instance(host.root, 'vm-big', 'e2e-big')
+    const child = execa(
+      'node',
+      [BIN, 'inspect', '--verify', '--instances-path', host.root, '--config', big, '--json'],
+      {
+        env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
+        reject: false,
+      },
+    )
+    onTestFinished(() => {
+      child.kill('SIGKILL')
+    })
+    // --json prints no progress: wait for the hash to be under way (the file being read).
+    await until('the hash to start', async () => holdsOpen(child.pid!, host.final('e2e-big')))
+    const started = Date.now()
+    child.kill('SIGINT')
+    const result = await child
+    expect(Date.now() - started).toBeLessThan(3000)
+    expect(result.exitCode).toBe(130)
+    expect(verdicts(result.stdout)['e2e-big']).toEqual({
+      interrupted: true,
+      outcome: 'unverifiable',
+      reason: 'not checked: interrupted',
+    })
   })
 })
 

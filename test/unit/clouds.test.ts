@@ -179,6 +179,18 @@ describe('choosing a cloud', () => {
       message: expect.stringContaining(file),
     })
   })
+
+  it.each([
+    ['{"clouds": {"c": {"auth": {"password": hunter2sec}}}}', 'a syntax error'],
+    ['{"clouds": {"c": {"auth": {"password": "hunter2sec",}}}}', 'a syntax error at position 52'],
+  ])('says where a clouds.json is broken, never what it holds there: %s', async (text, where) => {
+    // V8's JSON.parse quotes the text around the error: here, a password.
+    const file = path.join(cwd, 'clouds.json')
+    await writeFile(file, text)
+    const error = (await findCloud('c', at()).catch((error_: unknown) => error_)) as Error
+    expect(error).toMatchObject({code: 'CLOUDS_FILE_INVALID', message: `${file} is not valid JSON: ${where}`})
+    expect(JSON.stringify(error)).not.toContain('hunter2')
+  })
 })
 
 describe('normalizeCloud', () => {

@@ -33,6 +33,17 @@ export function configSearchDirs(location: CloudsLocation): string[] {
   return [...new Set(dirs)]
 }
 
+/**
+ * Where a clouds file's syntax is wrong, never what it says there: V8's JSON.parse messages quote
+ * the text around the error, which may be a password. YAML's first line names line and column.
+ */
+function syntaxErrorOf(file: string, error: unknown): string {
+  const text = (error as Error).message
+  if (!file.endsWith('.json')) return text.split('\n')[0]!
+  const at = /at position \d+(?: \(line \d+ column \d+\))?/.exec(text)
+  return at ? `a syntax error ${at[0]}` : 'a syntax error'
+}
+
 /** Files tried in order for `clouds` (OS_CLIENT_CONFIG_FILE first) or `secure` (OS_CLIENT_SECURE_FILE first). */
 export function cloudsFileCandidates(kind: 'clouds' | 'secure', location: CloudsLocation): string[] {
   const override = kind === 'clouds' ? location.env.OS_CLIENT_CONFIG_FILE : location.env.OS_CLIENT_SECURE_FILE
@@ -65,7 +76,7 @@ async function loadFile(file: string): Promise<LoadedFile | undefined> {
   } catch (error) {
     throw new UsageError(
       'CLOUDS_FILE_INVALID',
-      `${file} is not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(error as Error).message.split('\n')[0]}`,
+      `${file} is not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${syntaxErrorOf(file, error)}`,
       {
         file,
         suggestions: [`Fix the syntax of ${file}.`],

@@ -77,6 +77,11 @@ export class GlanceSource implements ImageSource {
     return `Glance (from the Keystone catalog, interface ${s.interface}${s.region ? `, region ${s.region}` : ''})`
   }
 
+  /** Every image, hidden ones (os_hidden) included: an instance may still use an image its owner hid. */
+  async authenticate(): Promise<void> {
+    await this.session.access()
+  }
+
   describeAuth(): string {
     return this.session.describe()
   }
@@ -87,7 +92,10 @@ export class GlanceSource implements ImageSource {
     return {headers: {...access.headers}, url: `${access.endpoint}/v2/images/${encodeURIComponent(image.id)}/file`}
   }
 
-  /** Every image, hidden ones (os_hidden) included: an instance may still use an image its owner hid. */
+  async get(id: string): Promise<ImageRecord | undefined> {
+    return this.getById(id)
+  }
+
   async list(): Promise<ImageRecord[]> {
     const [visible, hidden] = await Promise.all([
       this.listImages(new URLSearchParams()),

@@ -55,11 +55,15 @@ export interface DownloadRequest {
 }
 
 export interface ImageSource {
+  /** Obtain a token now (sources with credentials): refused credentials are a UsageError. */
+  authenticate?(): Promise<void>
   /** Where credentials came from, for --verbose; never a secret. */
   describeAuth?(): string
   /** For messages; never holds a secret. */
   readonly description: string
   downloadRequest(image: ImageRecord): Promise<DownloadRequest>
+  /** An image by id only (never by name); undefined when there is none. */
+  get?(id: string): Promise<ImageRecord | undefined>
   /** Every image the credentials can see (all pages). */
   list(): Promise<ImageRecord[]>
   open(image: ImageRecord, options?: OpenOptions): Promise<OpenedImage>

@@ -49,11 +49,13 @@ export class LocalNode implements Node {
     this.lockClient = undefined
   }
 
-  async digest(path: string, algorithm: string): Promise<string> {
+  async digest(path: string, algorithm: string, options: {signal?: AbortSignal} = {}): Promise<string> {
     const hash = createHash(algorithm)
     try {
-      for await (const chunk of createReadStream(path, {highWaterMark: 1024 * 1024})) hash.update(chunk as Buffer)
+      const stream = createReadStream(path, {highWaterMark: 1024 * 1024, signal: options.signal})
+      for await (const chunk of stream) hash.update(chunk as Buffer)
     } catch (error) {
+      if (options.signal?.aborted) throw options.signal.reason
       throw fromErrno(error, 'cannot hash', path, {node: this.name})
     }
 

@@ -245,9 +245,21 @@ export class SshNode implements Node {
     }
   }
 
-  /** Digest of a file on the node, computed there (node-side fetches are verified this way). */
-  async digest(path: string, algorithm: string): Promise<string> {
-    return this.request<string>('digest', {algorithm, path}, 'cannot hash', path)
+  /**
+   * Digest of a file on the node, computed there (node-side fetches are verified this way). The
+   * agent hashes without listening; aborted, the answer is not waited for, and closing the node
+   * ends the agent (within close's bound).
+   */
+  async digest(path: string, algorithm: string, options: {signal?: AbortSignal} = {}): Promise<string> {
+    const answer = this.request<string>('digest', {algorithm, path}, 'cannot hash', path)
+    const {signal} = options
+    if (!signal) return answer
+    signal.throwIfAborted()
+    return new Promise<string>((resolve, reject) => {
+      const onAbort = () => reject(signal.reason)
+      signal.addEventListener('abort', onAbort, {once: true})
+      answer.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+    })
   }
 
   /** Run one argv on the node and wait; ssh's own failures (exit 255) become clear errors. */

@@ -138,7 +138,7 @@ export interface Node {
   /** Human description for messages: `local` or `user@host:port`. No secrets. */
   readonly description: string
   /** Digest of a file, computed where the file is. */
-  digest(path: string, algorithm: string): Promise<string>
+  digest(path: string, algorithm: string, options?: {signal?: AbortSignal}): Promise<string>
   /**
    * Fetch a URL on the node itself (SSH nodes; the local host streams through imgcache instead).
    * Reports the bytes in `dest` as they grow. The download dies with the connection.

@@ -66,39 +66,48 @@ function verifyColumn(entry: InspectEntry): string {
     }
 
     case 'unverifiable': {
-      return entry.verify.failed ? 'FAILED' : 'not verifiable'
+      return entry.verify.interrupted ? 'not checked' : entry.verify.failed ? 'FAILED' : 'not verifiable'
     }
   }
 }
 
 /** What --verify found on a node, and what to do about it. */
 function verifyLines(r: InspectResult, v: NonNullable<InspectResult['totals']['verified']>): string[] {
+  const checked = v.match + v.mismatch + v.unverifiable - v.interrupted
+  const notes = [
+    v.failed > 0 ? `${v.failed} of them because of an error` : '',
+    v.interrupted > 0 ? `${v.interrupted} not checked: interrupted` : '',
+  ].filter(Boolean)
   const lines = [
-    `verified ${v.match + v.mismatch + v.unverifiable} cached image${v.match + v.mismatch + v.unverifiable === 1 ? '' : 's'}: ` +
-      `${v.match} match, ${v.mismatch} mismatch, ${v.unverifiable} not verifiable${v.failed > 0 ? ` (${v.failed} because of an error)` : ''}`,
+    `checked ${checked} cached image${checked === 1 ? '' : 's'} against the declared digests: ${v.match} match, ` +
+      `${v.mismatch} mismatch, ${v.unverifiable - v.interrupted} not verifiable${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`,
   ]
   for (const e of r.entries) {
-    if (!e.verify || e.verify.outcome === 'match') continue
+    if (!e.verify || e.verify.outcome === 'match' || e.verify.interrupted) continue
     const mark = e.verify.outcome === 'mismatch' || e.verify.failed ? '!' : ' '
     lines.push(`${mark} ${e.name} (${e.imageName ?? e.imageId ?? 'image unknown'}): ${e.verify.reason}`)
   }
 
   const mismatched = r.entries.filter((e) => e.verify?.outcome === 'mismatch')
-  const inUse = mismatched.filter((e) => e.users.length > 0)
-  if (inUse.length > 0)
+  for (const e of mismatched.filter((m) => m.users.length > 0)) {
     lines.push(
-      `→ In use and not the image's bytes: ${inUse.map((e) => e.name).join(', ')}. The instances' disks were built on ` +
-        'these bytes: do not replace such a base under them. New instances of the image would be built on it too: find ' +
-        'out what changed the file (storage errors, a manual copy) before the next boot from that image.',
+      `→ ${e.name} is in use (${e.users.length} instance${e.users.length === 1 ? '' : 's'}) and is not image ${e.imageId}'s bytes. ` +
+        `${e.users.length === 1 ? 'Its disks were' : 'Their disks were'} built on these bytes: do not replace it under ${e.users.length === 1 ? 'it' : 'them'}. New instances of the image would be built ` +
+        'on it too: find out what changed the file (storage errors, a copy by hand) before the next boot from that image.',
     )
-  if (mismatched.length > inUse.length)
+  }
+
+  for (const e of mismatched.filter((m) => m.users.length === 0)) {
     lines.push(
-      `→ Unused and not the image's bytes: ${mismatched
-        .filter((e) => e.users.length === 0)
-        .map((e) => e.name)
-        .join(', ')}. imgcache populate IMAGE --force replaces each with a verified copy.`,
+      `→ ${e.name} is unused and is not image ${e.imageId}'s bytes: imgcache populate ${e.imageId} --force --node ${r.node} ` +
+        'replaces it with a verified copy.',
     )
+  }
+
+  const suggestions = new Set(r.entries.flatMap((e) => (e.verify?.failed ? (e.verify.suggestions ?? []) : [])))
+  for (const suggestion of suggestions) lines.push(`→ ${suggestion}`)
   if (v.failed > 0) lines.push('→ Checks stopped by an error can be run again once the cause above is fixed.')
+  if (v.interrupted > 0) lines.push('→ Run inspect --verify again to check the images not checked.')
   return lines
 }
 
