@@ -23,6 +23,8 @@ export interface Verification {
   algorithm?: HashAlgorithm
   expected?: string
   failed?: boolean
+  /** For a mismatch: the IMAGE argument `imgcache populate` takes for it (a config alias, or the id). */
+  image?: string
   interrupted?: boolean
   outcome: 'match' | 'mismatch' | 'unverifiable'
   reason: string
@@ -114,7 +116,14 @@ export function planVerification(
 }
 
 /** Errors that say the whole image service is out of reach, not that one image is. */
-const SERVICE_WIDE = new Set(['AUTH_FAILED', 'IMAGE_SERVICE_TIMEOUT', 'IMAGE_SERVICE_TLS', 'IMAGE_SERVICE_UNREACHABLE'])
+const SERVICE_WIDE = new Set([
+  'AUTH_FAILED',
+  // HTTP 5xx: Glance down behind its load balancer, as often as not.
+  'IMAGE_SERVICE_ERROR',
+  'IMAGE_SERVICE_TIMEOUT',
+  'IMAGE_SERVICE_TLS',
+  'IMAGE_SERVICE_UNREACHABLE',
+])
 
 function suggestionsOf(error: unknown): string[] | undefined {
   return error instanceof ImgcacheError && error.suggestions.length > 0 ? error.suggestions : undefined
@@ -131,7 +140,12 @@ export async function prepareImageLookup(
   env: NodeJS.ProcessEnv,
   cwd: string,
 ): Promise<ImageLookup> {
-  const aliases = Object.entries(config.images ?? {}).filter(([, a]) => a.id !== undefined && a.checksum)
+  // Parsed now: a malformed checksum is a configuration error (exit 2) before any node is read.
+  const aliases = Object.entries(config.images ?? {}).flatMap(([name, a]) =>
+    a.id !== undefined && a.checksum
+      ? [{diskFormat: a.diskFormat, hash: parseChecksum(a.checksum, `images.${name}.checksum`), id: a.id, name}]
+      : [],
+  )
   const source: ImageSource | undefined = await createImageSource(config.imageService, env, {cwd})
   if (!source && aliases.length === 0) {
     throw new UsageError(
@@ -160,10 +174,9 @@ export async function prepareImageLookup(
   /** The first service-wide error: later images are not asked (each ask retries for seconds). */
   let broken: undefined | {reason: string; suggestions?: string[]}
   const ask = async (imageId: string): ReturnType<ImageLookup> => {
-    const alias = aliases.find(([, a]) => a.id === imageId)
+    const alias = aliases.find((a) => a.id === imageId)
     if (alias) {
-      const [name, {checksum, diskFormat}] = alias
-      const hash = parseChecksum(checksum!, `images.${name}.checksum`)
+      const {diskFormat, hash, name} = alias
       return {diskFormat, id: imageId, name, source: 'url', status: 'active', ...hashFields(hash)}
     }
 
@@ -222,8 +235,10 @@ async function verifyEntry(
     } satisfies Verification
   }
 
+  // What populate is given to fetch it again: the alias the digest came from, else the Glance id.
+  const image = record.source === 'url' && record.name ? record.name : record.id
   const plan = planVerification(entry, record, parseSidecar(sidecarText), ctx.forceRaw)
-  if ('outcome' in plan) return plan
+  if ('outcome' in plan) return plan.outcome === 'mismatch' ? {...plan, image} : plan
   const {algorithm, value} = plan.hash
   let actual: string
   try {
@@ -242,7 +257,7 @@ async function verifyEntry(
       outcome: 'unverifiable',
       reason: `${difference}, which proves nothing: ${plan.comparability.unsure}`,
     }
-  return {...compared, outcome: 'mismatch', reason: difference} satisfies Verification
+  return {...compared, image, outcome: 'mismatch', reason: difference} satisfies Verification
 }
 
 /**

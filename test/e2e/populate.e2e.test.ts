@@ -579,7 +579,7 @@ describe('imgcache inspect --verify', () => {
       `→ ${sha1(novaImage.id)} is in use (1 instance) and is not image ${novaImage.id}'s bytes`,
     )
     expect(text.stdout).toContain(
-      `→ ${sha1(raw.id)} is unused and is not image ${raw.id}'s bytes: imgcache populate ${raw.id} --force --node local`,
+      `→ ${sha1(raw.id)} is unused and is not image ${raw.id}'s bytes: imgcache populate ${raw.id} --force --node local --instances-path ${host.root}`,
     )
     expect(text.stderr).toContain(`local: verifying ${sha1(raw.id)} (e2e-raw, 2.0 MiB)`)
     expect((await readFile(host.final(raw.id))).equals(changed)).toBe(true)
@@ -609,6 +609,41 @@ describe('imgcache inspect --verify', () => {
       code: 'NO_IMAGE_SERVICE',
       suggestions: [expect.stringContaining('OS_CLOUD'), expect.stringContaining('checksum')],
     })
+  })
+
+  it("against a config alias's checksum: a mismatch names the alias to fetch again; a malformed checksum is exit 2 before any node is read", async () => {
+    const host = instances('verify-alias')
+    const cached = payload(15, 64 * 1024)
+    const aliasConfig = async (checksum: string) => {
+      const file = path.join(work, 'verify-alias.json')
+      const alias = {checksum, diskFormat: 'raw', id: 'e2e-alias-image', url: 'http://127.0.0.1:9/a'}
+      await writeFile(file, JSON.stringify({images: {'web-base': alias}}))
+      return file
+    }
+
+    await mkdir(host.cacheDir, {recursive: true})
+    await writeFile(host.final('e2e-alias-image'), cached)
+    await instance(host.root, 'vm-alias', 'e2e-alias-image')
+    expect((await verify(host.root, ['--json'], await aliasConfig(`sha256:${sha256(cached)}`))).exitCode).toBe(0)
+
+    const other = await verify(host.root, [], await aliasConfig(`sha256:${sha256(payload(16, 10))}`))
+    expect(other.exitCode).toBe(4)
+    expect(other.stdout).toContain(`${sha1('e2e-alias-image')} is in use (1 instance)`)
+    // Unused, its image known from imgcache's own record of it.
+    await rm(path.join(host.root, 'vm-alias'), {recursive: true})
+    await mkdir(path.join(host.cacheDir, '.imgcache'), {recursive: true})
+    const record = {format: 'raw', imageId: 'e2e-alias-image', sourceFormat: 'raw', version: 1}
+    await writeFile(path.join(host.cacheDir, '.imgcache', `${sha1('e2e-alias-image')}.json`), JSON.stringify(record))
+    const unused = await verify(host.root, [], await aliasConfig(`sha256:${sha256(payload(16, 10))}`))
+    expect(unused.stdout).toContain('imgcache populate web-base --force --node local')
+
+    const malformed = await verify(host.root, ['--json'], await aliasConfig('sha256:abc'))
+    expect(malformed.exitCode).toBe(2)
+    expect(parse<ErrorJson>(malformed.stdout).error).toMatchObject({
+      code: 'CHECKSUM_INVALID',
+      message: expect.stringContaining('images.web-base.checksum'),
+    })
+    expect(malformed.stderr).not.toContain('verifying')
   })
 
   it('Ctrl-C while a base is hashed: stops at once, keeps what was found, says what was not checked (exit 130)', async () => {

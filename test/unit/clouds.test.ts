@@ -181,15 +181,21 @@ describe('choosing a cloud', () => {
   })
 
   it.each([
-    ['{"clouds": {"c": {"auth": {"password": hunter2sec}}}}', 'a syntax error'],
-    ['{"clouds": {"c": {"auth": {"password": "hunter2sec",}}}}', 'a syntax error at position 52'],
-  ])('says where a clouds.json is broken, never what it holds there: %s', async (text, where) => {
-    // V8's JSON.parse quotes the text around the error: here, a password.
-    const file = path.join(cwd, 'clouds.json')
+    ['clouds.json', '{"clouds": {"c": {"auth": {"password": hunter2sec}}}}', 'JSON: a syntax error'],
+    ['clouds.json', '{"clouds": {"c": {"auth": {"password": "hunter2sec",}}}}', 'JSON: a syntax error at position 52'],
+    ['clouds.yaml', 'clouds:\n  c:\n    auth:\n      password: *hunter2sec\n', 'YAML: a syntax error'],
+    [
+      'clouds.yaml',
+      'clouds:\n  c:\n    auth:\n      password: "\\xhunter2sec"\n',
+      'YAML: a syntax error at line 4, column 18',
+    ],
+  ])('says where a %s is broken, never what it holds there: %s', async (name, text, where) => {
+    // The parsers quote the text around an error (JSON.parse a snippet, yaml an alias or an escape): here, a password.
+    const file = path.join(cwd, name)
     await writeFile(file, text)
     const error = (await findCloud('c', at()).catch((error_: unknown) => error_)) as Error
-    expect(error).toMatchObject({code: 'CLOUDS_FILE_INVALID', message: `${file} is not valid JSON: ${where}`})
-    expect(JSON.stringify(error)).not.toContain('hunter2')
+    expect(error).toMatchObject({code: 'CLOUDS_FILE_INVALID', message: `${file} is not valid ${where}`})
+    expect(error.message).not.toContain('hunter2')
   })
 })
 

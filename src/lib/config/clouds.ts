@@ -1,6 +1,6 @@
 import {readFile} from 'node:fs/promises'
 import path from 'node:path'
-import {parse as parseYaml} from 'yaml'
+import {parseDocument} from 'yaml'
 
 import {errnoCode, fromErrno, UsageError} from '../errors.js'
 
@@ -34,14 +34,27 @@ export function configSearchDirs(location: CloudsLocation): string[] {
 }
 
 /**
- * Where a clouds file's syntax is wrong, never what it says there: V8's JSON.parse messages quote
- * the text around the error, which may be a password. YAML's first line names line and column.
+ * A YAML document, or its first error. Silent: the yaml package's warnings go to stderr with the
+ * source line, which may hold a password (and with `parse`, silent would drop the errors too).
+ */
+function readYaml(text: string): unknown {
+  const doc = parseDocument(text, {logLevel: 'silent'})
+  if (doc.errors.length > 0) throw doc.errors[0]
+  return doc.toJS()
+}
+
+/**
+ * Where a clouds file's syntax is wrong, never what it says there: the parsers' messages quote the
+ * text around the error (V8's JSON.parse a snippet, yaml an alias or escape), which may be a password.
  */
 function syntaxErrorOf(file: string, error: unknown): string {
-  const text = (error as Error).message
-  if (!file.endsWith('.json')) return text.split('\n')[0]!
-  const at = /at position \d+(?: \(line \d+ column \d+\))?/.exec(text)
-  return at ? `a syntax error ${at[0]}` : 'a syntax error'
+  if (file.endsWith('.json')) {
+    const at = /at position \d+(?: \(line \d+ column \d+\))?/.exec((error as Error).message)
+    return at ? `a syntax error ${at[0]}` : 'a syntax error'
+  }
+
+  const at = (error as {linePos?: Array<{col: number; line: number}>}).linePos?.[0]
+  return at ? `a syntax error at line ${at.line}, column ${at.col}` : 'a syntax error'
 }
 
 /** Files tried in order for `clouds` (OS_CLIENT_CONFIG_FILE first) or `secure` (OS_CLIENT_SECURE_FILE first). */
@@ -72,7 +85,7 @@ async function loadFile(file: string): Promise<LoadedFile | undefined> {
 
   let data: unknown
   try {
-    data = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text)
+    data = file.endsWith('.json') ? JSON.parse(text) : readYaml(text)
   } catch (error) {
     throw new UsageError(
       'CLOUDS_FILE_INVALID',

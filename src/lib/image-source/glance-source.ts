@@ -77,7 +77,6 @@ export class GlanceSource implements ImageSource {
     return `Glance (from the Keystone catalog, interface ${s.interface}${s.region ? `, region ${s.region}` : ''})`
   }
 
-  /** Every image, hidden ones (os_hidden) included: an instance may still use an image its owner hid. */
   async authenticate(): Promise<void> {
     await this.session.access()
   }
@@ -96,6 +95,7 @@ export class GlanceSource implements ImageSource {
     return this.getById(id)
   }
 
+  /** Every image, hidden ones (os_hidden) included: an instance may still use an image its owner hid. */
   async list(): Promise<ImageRecord[]> {
     const [visible, hidden] = await Promise.all([
       this.listImages(new URLSearchParams()),

@@ -251,10 +251,12 @@ export class SshNode implements Node {
    * ends the agent (within close's bound).
    */
   async digest(path: string, algorithm: string, options: {signal?: AbortSignal} = {}): Promise<string> {
-    const answer = this.request<string>('digest', {algorithm, path}, 'cannot hash', path)
     const {signal} = options
+    signal?.throwIfAborted()
+    const answer = this.request<string>('digest', {algorithm, path}, 'cannot hash', path)
     if (!signal) return answer
-    signal.throwIfAborted()
+    // Once aborted, the answer is nobody's: a late failure (the agent ended by close) is dropped.
+    answer.catch(() => {})
     return new Promise<string>((resolve, reject) => {
       const onAbort = () => reject(signal.reason)
       signal.addEventListener('abort', onAbort, {once: true})

@@ -99,8 +99,8 @@ function verifyLines(r: InspectResult, v: NonNullable<InspectResult['totals']['v
 
   for (const e of mismatched.filter((m) => m.users.length === 0)) {
     lines.push(
-      `→ ${e.name} is unused and is not image ${e.imageId}'s bytes: imgcache populate ${e.imageId} --force --node ${r.node} ` +
-        'replaces it with a verified copy.',
+      `→ ${e.name} is unused and is not image ${e.imageId}'s bytes: imgcache populate ${e.verify?.image ?? e.imageId} --force ` +
+        `--node ${r.node} --instances-path ${r.instancesPath} replaces it with a verified copy.`,
     )
   }
 
