@@ -10,7 +10,6 @@ import {forEachNode} from '../lib/fleet.js'
 import {buildInspectResult, type InspectResult} from '../lib/inspect.js'
 import {selectNodes} from '../lib/nodes.js'
 import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
-import {prepareImageLookup, verifyExit, verifyNode} from '../lib/verify.js'
 
 export interface InspectReport {
   failures: NodeFailure[]
@@ -56,8 +55,11 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
   async run(): Promise<InspectReport> {
     const {config} = this.config_
     const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
-    // One lookup for the run, set up before any node is read: each image is asked for once.
-    const lookup = this.flags.verify ? await prepareImageLookup(config, process.env, process.cwd()) : undefined
+    // Loaded only for --verify: it brings the image service clients, which plain inspect never needs
+    // (their code takes a tenth of inspect's start-up). One lookup for the run, set up before any
+    // node is read: each image is asked for once.
+    const verify = this.flags.verify ? await import('../lib/verify.js') : undefined
+    const lookup = verify ? await verify.prepareImageLookup(config, process.env, process.cwd()) : undefined
     const progress = !this.jsonEnabled() && !this.flags.quiet
     const outcomes = await forEachNode(
       specs,
@@ -66,8 +68,8 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
         const settings = await resolveCacheSettings(node, config, spec.config, cacheOverrides(this.flags))
         const analysis = await analyzeNode(node, settings, {domainXmlDirs: this.flags['domain-xml-dir']})
         const result = buildInspectResult(analysis)
-        if (lookup) {
-          await verifyNode(analysis, result, lookup, {
+        if (verify && lookup) {
+          await verify.verifyNode(analysis, result, lookup, {
             onEntry: progress
               ? (e) =>
                   this.logToStderr(
@@ -95,7 +97,9 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
         this.logToStderr(`${f.node}: ${f.message}${f.suggestions.map((s) => `\n  → ${s}`).join('')}`)
     }
 
-    this.exitWith(verifyExit(report.nodes) ?? overallExit(report.nodes.length, report.failures.length, ExitCode.Ok))
+    this.exitWith(
+      verify?.verifyExit(report.nodes) ?? overallExit(report.nodes.length, report.failures.length, ExitCode.Ok),
+    )
     return report
   }
 }
