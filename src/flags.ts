@@ -84,7 +84,8 @@ export const fetchFlags = {
     helpGroup: 'FETCH',
   }),
   force: Flags.boolean({
-    description: 'Fetch again even when a sound copy is cached (it is replaced only once the new one is verified).',
+    description:
+      "Fetch again even when a sound copy is cached (it is replaced only once the new one is verified, and never by a copy in another format: instance disks name their base's format).",
     helpGroup: 'FETCH',
   }),
   'image-id': Flags.string({

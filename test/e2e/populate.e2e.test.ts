@@ -425,6 +425,41 @@ describe('imgcache populate', () => {
   })
 })
 
+describe('populate --force and the format of a base', () => {
+  it('never swaps a base for another format under its instances: kept qcow2, then force_raw_images on: refused (exit 4), unchanged', async () => {
+    const host = instances('force-format')
+    const keepQcow2 = path.join(work, 'keep-qcow2.json')
+    await writeFile(
+      keepQcow2,
+      JSON.stringify({fetch: {forceRaw: false}, images: aliases, imageService: {endpoint: glance.url}}),
+    )
+    const populate = async (configFile: string) =>
+      runCli(['populate', 'e2e-qcow2', '--force', '--instances-path', host.root, '--config', configFile, '--json'])
+    expect((await populate(keepQcow2)).exitCode).toBe(0)
+    const before = await readFile(host.final(qcow2.id))
+    expect(before.subarray(0, 4).toString('latin1')).toBe('QFI\u00FB')
+
+    // The default converts to raw: the instances' disks on this base say backing_fmt=qcow2.
+    const forced = await populate(config)
+    expect(forced.exitCode).toBe(4)
+    expect(parse<PopulateReport>(forced.stdout).items).toMatchObject([
+      {
+        code: 'BASE_FORMAT_CHANGE',
+        message: expect.stringContaining(
+          `holds image e2e-qcow2 (${qcow2.id}) as qcow2; --force would replace it with a raw copy`,
+        ),
+        status: 'error',
+      },
+    ])
+    expect((await readFile(host.final(qcow2.id))).equals(before)).toBe(true)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(qcow2.id)])
+    expect(await osloSees(host.lock(qcow2.id))).toBe('FREE')
+
+    // The same format: --force replaces it.
+    expect((await populate(keepQcow2)).exitCode).toBe(0)
+  })
+})
+
 describe('imgcache overlay', () => {
   it('creates a qcow2 over the absolute base path (backing_fmt raw) with --size', async () => {
     const host = instances('overlay')

@@ -40,11 +40,7 @@ export async function checkExisting(
   let format = sidecar?.format ?? 'raw'
   // The safety check runs whatever else is wrong: an unsafe file is a refusal (exit 4), not merely stale.
   if (isFile && entry.size > 0) {
-    const result = await inspectSource(
-      async (offset, length) => (await node.readRanges([{length, offset, path: paths.final}]))[0] ?? Buffer.alloc(0),
-      entry.size,
-      {vmdkAllowedTypes: settings.vmdkAllowedTypes},
-    )
+    const result = await inspectOnDisk(node, paths.final, entry.size, settings)
     if (!result.safe) {
       // A base that fails the checks (replaced, or checks newer than the download) is a refusal,
       // as Nova's "Base image failed safety check" before it builds a disk on it.
@@ -89,4 +85,45 @@ export async function checkExisting(
     downloadedBytes: 0,
     format,
   }
+}
+
+/** The format inspector on a file of the node (its size known), read in ranges where it is. */
+async function inspectOnDisk(node: Node, path: string, size: number, settings: CacheSettings) {
+  return inspectSource(
+    async (offset, length) => (await node.readRanges([{length, offset, path}]))[0] ?? Buffer.alloc(0),
+    size,
+    {vmdkAllowedTypes: settings.vmdkAllowedTypes},
+  )
+}
+
+/**
+ * --force replaces a cached base only with a copy in the same format. The disks of instances
+ * backed by it record that format (backing_fmt): after a change of force_raw_images they would read
+ * a qcow2 file as raw, or the other way round, and their guests would see garbage. A file that is
+ * not there, empty, or not readable as any format is no such base.
+ */
+export async function assertSameFormat(
+  node: Node,
+  path: string,
+  format: string,
+  image: {id: string; label: string},
+  settings: CacheSettings,
+): Promise<void> {
+  const entry = await node.stat(path)
+  const isFile = entry?.type === 'file' || (entry?.type === 'symlink' && entry.targetType === 'file')
+  if (!entry || !isFile || entry.size === 0) return
+  const before = qemuFormatName((await inspectOnDisk(node, path, entry.size, settings)).format)
+  if (before === format) return
+  throw new SafetyError(
+    'BASE_FORMAT_CHANGE',
+    `${path} holds image ${image.label} as ${before}; --force would replace it with a ${format} copy, and the disks of instances backed by it name their base ${before} (backing_fmt): they would read the new file wrongly`,
+    {
+      image: image.id,
+      node: node.name,
+      path,
+      suggestions: [
+        `See what uses it: imgcache inspect --node ${node.name} (the USERS column). Used: keep it, and set force_raw_images (fetch.forceRaw in the config) back to what it was when it was cached. Unused: remove it, then populate again.`,
+      ],
+    },
+  )
 }

@@ -19,7 +19,7 @@ import {expectedHash} from '../image-source/checksum.js'
 import {assertFetchable} from '../image-source/status.js'
 import {checkQemuAgrees, parseQemuInfo, qemuConvertArgv, qemuError, qemuInfoArgv} from '../qemu/index.js'
 import {type Sidecar} from '../sidecar.js'
-import {checkExisting} from './existing.js'
+import {assertSameFormat, checkExisting} from './existing.js'
 import {ensureSpace} from './space.js'
 import {streamTransfer, type Transfer} from './transfer.js'
 
@@ -257,6 +257,7 @@ async function fetchLocked(
   }
 
   progress('renaming', tap.bytes)
+  if (options.force) await assertSameFormat(node, paths.final, format, {id: image.id, label}, settings)
   await node.syncFile(finalPath)
   await node.rename(finalPath, paths.final)
   const bytes = (await node.stat(paths.final))?.size ?? tap.bytes
