@@ -55,6 +55,8 @@ export interface InspectResult {
   locks: {files: number; withoutEntry: number}
   metadataWarnings: Array<{path: string; reason: string}>
   node: string
+  /** Leftovers of `imgcache overlay` killed before its rename, in instance directories: nothing uses them. */
+  overlayTemporaries: Array<{ageSeconds: number; bytes: number; path: string}>
   settings: {
     cacheDirFrom: string
     instancesPathFrom: string
@@ -182,6 +184,13 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
     locks: {files: lockFiles.length, withoutEntry: lockFiles.filter((n) => !lockNames.has(n)).length},
     metadataWarnings: usage.metadataWarnings,
     node: node.name,
+    overlayTemporaries: scan.instanceDirs.flatMap((d) =>
+      (d.temporaries ?? []).map((t) => ({
+        ageSeconds: Math.max(0, Math.round((scan.now - t.mtimeMs) / 1000)),
+        bytes: t.size,
+        path: posix.join(settings.instancesPath, d.name, t.name),
+      })),
+    ),
     settings: {
       cacheDirFrom: settings.origins.cacheDir,
       instancesPathFrom: settings.origins.instancesPath,

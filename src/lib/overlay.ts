@@ -6,6 +6,7 @@ import type {FetchOptions, FetchResult} from './fetch/pipeline.js'
 import type {ResolvedImage} from './images.js'
 import type {Node} from './node/types.js'
 
+import {overlayTemporaryName} from './cache/naming.js'
 import {formatBytes} from './duration.js'
 import {ImgcacheError, SafetyError, UsageError} from './errors.js'
 import {entryPaths, fetchIntoCache} from './fetch/pipeline.js'
@@ -142,10 +143,10 @@ export async function createOverlay(
  * The name qemu-img writes an overlay under, beside DEST: hidden (`.disk.imgcache-HEX.tmp` for
  * `disk`), so that if imgcache is killed before the rename, no scan takes the leftover for one of
  * the instance's disks. A `disk.*` name would be one to imgcache's scan: an unreadable leftover
- * would stop every prune of the node (exit 4) until someone removed it.
+ * would stop every prune of the node (exit 4) until someone removed it. inspect lists leftovers.
  */
 export function overlayTemporary(dest: string): string {
-  return posix.join(posix.dirname(dest), `.${posix.basename(dest)}.imgcache-${randomBytes(4).toString('hex')}.tmp`)
+  return posix.join(posix.dirname(dest), overlayTemporaryName(posix.basename(dest), randomBytes(4).toString('hex')))
 }
 
 function destExists(node: Node, dest: string): UsageError {

@@ -724,7 +724,7 @@ describe('imgcache inspect --verify', () => {
 })
 
 describe('an overlay killed before its rename', () => {
-  it("leaves a temporary that no scan takes for a disk: prune goes on (exit 0); under a disk's name it would stop it (exit 4)", async () => {
+  it("leaves a temporary that no scan takes for a disk, which inspect lists: prune goes on (exit 0); under a disk's name it would stop it (exit 4)", async () => {
     const host = instances('overlay-leftover')
     await mkdir(path.join(host.root, 'vm-1'), {recursive: true})
     const dest = path.join(host.root, 'vm-1', 'disk')
@@ -737,17 +737,25 @@ describe('an overlay killed before its rename', () => {
       const args = ['--instances-path', host.root, '--config', config, '--json']
       const inspect = await runCli(['inspect', ...args])
       const prune = await runCli(['prune', ...args])
-      return {guard: parse<InspectReport>(inspect.stdout).nodes[0]?.guard, prune: prune.exitCode}
+      const [view] = parse<InspectReport>(inspect.stdout).nodes
+      return {guard: view?.guard, leftovers: view?.overlayTemporaries.map((t) => t.path), prune: prune.exitCode}
     }
 
-    expect(await scan()).toEqual({guard: [], prune: 0})
+    expect(await scan()).toEqual({guard: [], leftovers: [leftover], prune: 0})
     expect(await exists(host.final(raw.id))).toBe(true)
+    // Listed for the operator, with what to do; never removed by imgcache.
+    const text = await runCli(['inspect', '--instances-path', host.root, '--config', config])
+    expect(text.stdout).toContain(`! ${leftover} (16 B, `)
+    expect(text.stdout).toContain('left by an imgcache overlay that did not finish; nothing uses it')
+    expect(text.stdout).toContain('→ Remove it (rm) once no imgcache overlay is running on this node')
+    expect(await exists(leftover)).toBe(true)
 
     // The control: the same bytes where a disk.* name would have put them.
     const asDisk = path.join(host.root, 'vm-1', 'disk.local.imgcache-0123abcd.tmp')
     await rename(leftover, asDisk)
     expect(await scan()).toEqual({
       guard: [expect.objectContaining({path: asDisk, reason: expect.stringContaining('truncated')})],
+      leftovers: [],
       prune: 4,
     })
   })

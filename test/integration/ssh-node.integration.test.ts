@@ -49,6 +49,9 @@ describe('an SSH node runs the same operations as the local host', () => {
         {dir: 'u2', disks: [{backing: sha1('b'), relative: true}]},
       ],
     })
+    // An overlay's leftover, and a file that only looks like one: both scans report the first alone.
+    await writeFile(join(host.instancesPath, 'u2', '.disk.local.imgcache-0123abcd.tmp'), 'QFI')
+    await writeFile(join(host.instancesPath, 'u2', '.disk.local.imgcache-0123abcg.tmp'), 'QFI')
     const remote = sshNode('node1')
     const local = new LocalNode()
     try {
@@ -65,6 +68,9 @@ describe('an SSH node runs the same operations as the local host', () => {
       const [a, b] = await Promise.all([local.scan(request), remote.scan(request)])
       const normalize = (s: typeof a) => ({...s, now: 0})
       expect(normalize(b)).toEqual(normalize(a))
+      expect(a.instanceDirs.find((d) => d.name === 'u2')?.temporaries).toEqual([
+        {mtimeMs: expect.any(Number), name: '.disk.local.imgcache-0123abcd.tmp', size: 3},
+      ])
       const analysis = await analyzeNode(remote, await settingsOf(remote), {domainXmlDirs: []})
       expect(analysis.roundTrips).toBeLessThanOrEqual(3)
       const localView = buildInspectResult(await analyzeNode(local, await settingsOf(local), {domainXmlDirs: []}))

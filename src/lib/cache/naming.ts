@@ -19,3 +19,14 @@ export const SIDECAR_DIR = '.imgcache'
 export function ephemeralExtension(fsOrMkfsCommand: string): string {
   return createHash('md5').update(fsOrMkfsCommand, 'utf8').digest('hex').slice(0, 7)
 }
+
+/**
+ * The name `imgcache overlay` has qemu-img write a disk under, beside it, until the rename:
+ * `.<disk>.imgcache-<8 hex>.tmp`. Hidden, so that no scan takes a leftover for a disk; scans
+ * report leftovers (OVERLAY_TEMPORARY).
+ */
+export function overlayTemporaryName(diskName: string, hex: string): string {
+  return `.${diskName}.imgcache-${hex}.tmp`
+}
+
+export const OVERLAY_TEMPORARY = /^\..+\.imgcache-[\da-f]{8}\.tmp$/

@@ -63,6 +63,11 @@ def b64(b):
 def is_disk(n):
     return n in ("disk", "kernel", "ramdisk") or (n.startswith("disk.") and not n.startswith("disk.info"))
 
+def is_overlay_tmp(n):
+    # naming.ts OVERLAY_TEMPORARY: .<disk>.imgcache-<8 hex>.tmp
+    return (len(n) >= 24 and n[0] == "." and n[-22:-12] == ".imgcache-" and n[-4:] == ".tmp"
+            and all(c in "0123456789abcdef" for c in n[-12:-4]))
+
 def read_text(p):
     with open(p, "rb") as f:
         return f.read().decode("utf-8", "replace")
@@ -97,7 +102,11 @@ def scan(q):
             r["error"] = "cannot list %s: %s" % (dp, e.strerror); dirs.append(r); continue
         for f in files:
             fp = os.path.join(dp, f.name)
-            if f.name == "libvirt.xml":
+            if is_overlay_tmp(f.name):
+                try: l = os.lstat(fp)
+                except OSError: continue
+                r.setdefault("temporaries", []).append({"mtimeMs": ms(l.st_mtime_ns), "name": f.name, "size": l.st_size})
+            elif f.name == "libvirt.xml":
                 try: r["libvirtXml"] = read_text(fp)
                 except OSError: pass
             elif is_disk(f.name):
@@ -108,6 +117,7 @@ def scan(q):
                     disk["error"] = "cannot read: %s" % (e.strerror or e); disk["errorCode"] = ecode(e)
                 r["disks"].append(disk)
         r["disks"].sort(key=lambda x: x["name"])
+        if "temporaries" in r: r["temporaries"].sort(key=lambda x: x["name"])
         dirs.append(r)
     dirs.sort(key=lambda x: x["name"])
     out["instanceDirs"] = dirs

@@ -23,6 +23,7 @@ import {join} from 'node:path'
 
 import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
 
+import {OVERLAY_TEMPORARY} from '../cache/naming.js'
 import {errnoCode} from '../errors.js'
 import {childPath} from '../paths.js'
 
@@ -317,7 +318,10 @@ async function scanInstanceDir(
   await Promise.all(
     files.map(async (d) => {
       const path = childPath(dir, d.name)
-      if (d.name === 'libvirt.xml') {
+      if (OVERLAY_TEMPORARY.test(d.name)) {
+        const stats = await Promise.resolve(fs.lstat(path)).catch(() => undefined)
+        addTemporary(result, d.name, () => stats)
+      } else if (d.name === 'libvirt.xml') {
         result.libvirtXml = await fs.readText(path)
       } else if (isDiskName(d.name)) {
         const disk: DiskHead = {name: d.name}
@@ -335,7 +339,22 @@ async function scanInstanceDir(
     }),
   )
   result.disks.sort((a, b) => (a.name < b.name ? -1 : 1))
+  result.temporaries?.sort((a, b) => (a.name < b.name ? -1 : 1))
   return result
+}
+
+/** Record an overlay's leftover temporary (gone by the time it is stat'ed: not recorded). */
+function addTemporary(result: InstanceDirScan, name: string, stat: () => Stats | undefined): void {
+  let stats: Stats | undefined
+  try {
+    stats = stat()
+  } catch {
+    return
+  }
+
+  if (!stats) return
+  result.temporaries ??= []
+  result.temporaries.push({mtimeMs: stats.mtimeMs, name, size: stats.size})
 }
 
 /**
@@ -357,7 +376,9 @@ function scanInstanceDirSync(instancesPath: string, name: string, headBytes: num
   for (const d of names) {
     if (!d.isFile() && !d.isSymbolicLink()) continue
     const path = childPath(dir, d.name)
-    if (d.name === 'libvirt.xml') {
+    if (OVERLAY_TEMPORARY.test(d.name)) {
+      addTemporary(result, d.name, () => lstatSync(path))
+    } else if (d.name === 'libvirt.xml') {
       result.libvirtXml = readTextSync(path)
     } else if (isDiskName(d.name)) {
       const disk: DiskHead = {name: d.name}

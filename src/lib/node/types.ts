@@ -39,6 +39,8 @@ export interface InstanceDirScan {
   /** `libvirt.xml` content when present. */
   libvirtXml?: string
   name: string
+  /** Leftovers of `imgcache overlay` killed before its rename (naming.ts OVERLAY_TEMPORARY); absent when none. */
+  temporaries?: Array<{mtimeMs: number; name: string; size: number}>
 }
 
 export interface ScanRequest {

@@ -173,6 +173,17 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
     if (r.guard.length > 0)
       out.push('→ prune will delete nothing on this node until that disk can be read; check it with qemu-img info -U.')
     for (const w of r.metadataWarnings) out.push(`! ignoring ${w.path}: ${w.reason}`)
+    for (const t of r.overlayTemporaries) {
+      out.push(
+        `! ${t.path} (${formatBytes(t.bytes)}, ${formatDuration(t.ageSeconds)} old): left by an imgcache overlay that did not finish; nothing uses it`,
+      )
+    }
+
+    if (r.overlayTemporaries.length > 0)
+      out.push(
+        `→ Remove ${r.overlayTemporaries.length === 1 ? 'it' : 'them'} (rm) once no imgcache overlay is running on this node: ` +
+          'one being made now has such a file for a few seconds.',
+      )
     if (t.unsound > 0)
       out.push(
         `→ ${t.unsound} unsound file${t.unsound === 1 ? '' : 's'}: see the SOUND column; remove and re-populate them once unused.`,
