@@ -319,22 +319,11 @@ async function scanInstanceDir(
     files.map(async (d) => {
       const path = childPath(dir, d.name)
       if (OVERLAY_TEMPORARY.test(d.name)) {
-        const stats = await Promise.resolve(fs.lstat(path)).catch(() => undefined)
-        addTemporary(result, d.name, () => stats)
+        addTemporary(result, d.name, await attemptAsync(async () => fs.lstat(path)))
       } else if (d.name === 'libvirt.xml') {
         result.libvirtXml = await fs.readText(path)
       } else if (isDiskName(d.name)) {
-        const disk: DiskHead = {name: d.name}
-        try {
-          const {head, size} = await fs.readHead(path, headBytes)
-          disk.head = head
-          disk.size = size
-        } catch (error) {
-          disk.error = `cannot read: ${message(error)}`
-          disk.errorCode = errnoCode(error)
-        }
-
-        result.disks.push(disk)
+        result.disks.push(diskOf(d.name, await attemptAsync(async () => fs.readHead(path, headBytes))))
       }
     }),
   )
@@ -343,16 +332,31 @@ async function scanInstanceDir(
   return result
 }
 
-/** Record an overlay's leftover temporary (gone by the time it is stat'ed: not recorded). */
-function addTemporary(result: InstanceDirScan, name: string, stat: () => Stats | undefined): void {
-  let stats: Stats | undefined
-  try {
-    stats = stat()
-  } catch {
-    return
-  }
+type Attempt<T> = T | {failure: unknown}
 
-  if (!stats) return
+/** What a call returns, or what it threw. */
+function attempt<T extends object>(call: () => T): Attempt<T> {
+  try {
+    return call()
+  } catch (error) {
+    return {failure: error}
+  }
+}
+
+async function attemptAsync<T extends object>(call: () => Promise<T>): Promise<Attempt<T>> {
+  return call().catch((error: unknown) => ({failure: error}))
+}
+
+/** A disk as the scan reports it: its first bytes and size, or why they could not be read. */
+function diskOf(name: string, read: Attempt<{head: Buffer; size: number}>): DiskHead {
+  if ('failure' in read)
+    return {error: `cannot read: ${message(read.failure)}`, errorCode: errnoCode(read.failure), name}
+  return {head: read.head, name, size: read.size}
+}
+
+/** Record an overlay's leftover temporary (gone by the time it was stat'ed: not recorded). */
+function addTemporary(result: InstanceDirScan, name: string, stats: Attempt<Stats>): void {
+  if ('failure' in stats) return
   result.temporaries ??= []
   result.temporaries.push({mtimeMs: stats.mtimeMs, name, size: stats.size})
 }
@@ -377,21 +381,20 @@ function scanInstanceDirSync(instancesPath: string, name: string, headBytes: num
     if (!d.isFile() && !d.isSymbolicLink()) continue
     const path = childPath(dir, d.name)
     if (OVERLAY_TEMPORARY.test(d.name)) {
-      addTemporary(result, d.name, () => lstatSync(path))
+      addTemporary(
+        result,
+        d.name,
+        attempt(() => lstatSync(path)),
+      )
     } else if (d.name === 'libvirt.xml') {
       result.libvirtXml = readTextSync(path)
     } else if (isDiskName(d.name)) {
-      const disk: DiskHead = {name: d.name}
-      try {
-        const {head, size} = readHeadSync(path, headBytes)
-        disk.head = head
-        disk.size = size
-      } catch (error) {
-        disk.error = `cannot read: ${message(error)}`
-        disk.errorCode = errnoCode(error)
-      }
-
-      result.disks.push(disk)
+      result.disks.push(
+        diskOf(
+          d.name,
+          attempt(() => readHeadSync(path, headBytes)),
+        ),
+      )
     }
   }
 
