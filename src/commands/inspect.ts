@@ -59,7 +59,9 @@ inspect never changes anything: it takes no lock, touches no file and deletes no
     // (their code takes a tenth of inspect's start-up). One lookup for the run, set up before any
     // node is read: each image is asked for once.
     const verify = this.flags.verify ? await import('../lib/verify.js') : undefined
-    const lookup = verify ? await verify.prepareImageLookup(config, process.env, process.cwd()) : undefined
+    const lookup = verify
+      ? await verify.prepareImageLookup(config, process.env, process.cwd(), this.interrupt.signal)
+      : undefined
     const progress = !this.jsonEnabled() && !this.flags.quiet
     const outcomes = await forEachNode(
       specs,

@@ -139,6 +139,7 @@ export async function prepareImageLookup(
   config: ImgcacheConfig,
   env: NodeJS.ProcessEnv,
   cwd: string,
+  signal?: AbortSignal,
 ): Promise<ImageLookup> {
   // Parsed now: a malformed checksum is a configuration error (exit 2) before any node is read.
   const aliases = Object.entries(config.images ?? {}).flatMap(([name, a]) =>
@@ -183,9 +184,11 @@ export async function prepareImageLookup(
     if (!source) return {failed: false, reason: 'no image service is configured to ask for its digest'}
     if (broken) return {failed: true, reason: `not asked: ${broken.reason}`, suggestions: broken.suggestions}
     try {
-      const record = source.get ? await source.get(imageId) : await source.resolve(imageId)
+      // Ctrl-C (the signal) ends the request: verifyEntry sees the abort and stops.
+      const record = source.get ? await source.get(imageId, {signal}) : await source.resolve(imageId)
       return record ?? {failed: false, reason: `image ${imageId} is not in ${source.description} (deleted?)`}
     } catch (error) {
+      if (signal?.aborted) return {failed: true, reason: 'not asked: interrupted'}
       if (error instanceof ImgcacheError && error.code === 'IMAGE_NOT_FOUND')
         return {failed: false, reason: `image ${imageId} is not in ${source.description} (deleted?)`}
       const failure = {failed: true, reason: describeError(error), suggestions: suggestionsOf(error)}
@@ -226,6 +229,7 @@ async function verifyEntry(
   }
 
   const record = await ctx.lookup(entry.imageId)
+  ctx.signal?.throwIfAborted()
   if ('reason' in record) {
     return {
       failed: record.failed || undefined,

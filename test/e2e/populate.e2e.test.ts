@@ -1,5 +1,6 @@
 import {execa, type ResultPromise} from 'execa'
 import {mkdir, mkdtemp, open, readdir, readFile, readlink, rename, rm, stat, utimes, writeFile} from 'node:fs/promises'
+import {type AddressInfo, createServer, type Socket} from 'node:net'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
@@ -679,6 +680,44 @@ describe('imgcache inspect --verify', () => {
       message: expect.stringContaining('images.web-base.checksum'),
     })
     expect(malformed.stderr).not.toContain('verifying')
+  })
+
+  it('Ctrl-C while Glance hangs on a lookup: the request ends at once (exit 130)', async () => {
+    const host = instances('verify-hung')
+    // A Glance that takes the connection and never answers.
+    const sockets: Socket[] = []
+    const hung = createServer((socket) => sockets.push(socket))
+    await new Promise<void>((resolve) => {
+      hung.listen(0, '127.0.0.1', resolve)
+    })
+    onTestFinished(() => {
+      for (const socket of sockets) socket.destroy()
+      hung.close()
+    })
+    const hungConfig = path.join(work, 'verify-hung.json')
+    const {port} = hung.address() as AddressInfo
+    await writeFile(hungConfig, JSON.stringify({imageService: {endpoint: `http://127.0.0.1:${port}`}}))
+    await mkdir(host.cacheDir, {recursive: true})
+    await writeFile(host.final('e2e-hung'), payload(17, 4096))
+    await instance(host.root, 'vm-hung', 'e2e-hung')
+    const child = execa(
+      'node',
+      [BIN, 'inspect', '--verify', '--instances-path', host.root, '--config', hungConfig, '--json'],
+      {
+        env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
+        reject: false,
+      },
+    )
+    onTestFinished(() => {
+      child.kill('SIGKILL')
+    })
+    await until('the lookup to reach the hung Glance', async () => sockets.length > 0)
+    const started = Date.now()
+    child.kill('SIGINT')
+    const result = await child
+    expect(Date.now() - started).toBeLessThan(3000)
+    expect(result.exitCode).toBe(130)
+    expect(verdicts(result.stdout)['e2e-hung']).toMatchObject({interrupted: true, reason: 'not checked: interrupted'})
   })
 
   it('Ctrl-C while a base is hashed: stops at once, keeps what was found, says what was not checked (exit 130)', async () => {

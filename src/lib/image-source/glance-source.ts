@@ -91,8 +91,8 @@ export class GlanceSource implements ImageSource {
     return {headers: {...access.headers}, url: `${access.endpoint}/v2/images/${encodeURIComponent(image.id)}/file`}
   }
 
-  async get(id: string): Promise<ImageRecord | undefined> {
-    return this.getById(id)
+  async get(id: string, options: {signal?: AbortSignal} = {}): Promise<ImageRecord | undefined> {
+    return this.getById(id, options.signal)
   }
 
   /** Every image, hidden ones (os_hidden) included: an instance may still use an image its owner hid. */
@@ -202,10 +202,11 @@ export class GlanceSource implements ImageSource {
     return statusError(status, body, ctx, doing)
   }
 
-  private async getById(id: string): Promise<ImageRecord | undefined> {
+  private async getById(id: string, signal?: AbortSignal): Promise<ImageRecord | undefined> {
     const image = await this.getJson<GlanceImage>(`/v2/images/${encodeURIComponent(id)}`, `looking up image ${id}`, {
       image: id,
       notFound: true,
+      signal,
     })
     return image ? toImageRecord(image) : undefined
   }
@@ -214,7 +215,7 @@ export class GlanceSource implements ImageSource {
   private async getJson<T>(
     pathAndQuery: string,
     doing: string,
-    options: {image?: string; notFound?: boolean} = {},
+    options: {image?: string; notFound?: boolean; signal?: AbortSignal} = {},
   ): Promise<T | undefined> {
     for (let attempt = 0; ; attempt++) {
       // eslint-disable-next-line no-await-in-loop
@@ -224,9 +225,11 @@ export class GlanceSource implements ImageSource {
         const response = await this.http.client.get(access.endpoint + pathAndQuery, {
           headers: {accept: 'application/json', ...access.headers},
           responseType: 'json',
+          signal: options.signal,
         })
         return response.body as T
       } catch (error) {
+        if (options.signal?.aborted) throw options.signal.reason
         const failed = httpErrorResponse(error)
         if (!failed) throw networkError(error, this.context(options.image))
         // eslint-disable-next-line no-await-in-loop

@@ -63,7 +63,7 @@ export interface ImageSource {
   readonly description: string
   downloadRequest(image: ImageRecord): Promise<DownloadRequest>
   /** An image by id only (never by name); undefined when there is none. */
-  get?(id: string): Promise<ImageRecord | undefined>
+  get?(id: string, options?: {signal?: AbortSignal}): Promise<ImageRecord | undefined>
   /** Every image the credentials can see (all pages). */
   list(): Promise<ImageRecord[]>
   open(image: ImageRecord, options?: OpenOptions): Promise<OpenedImage>
