@@ -536,6 +536,22 @@ async function instance(root: string, dir: string, imageId: string): Promise<voi
   await writeFile(path.join(root, dir, 'libvirt.xml'), libvirtXml({imageId}, dir))
 }
 
+/** inspect --verify --json as a process of its own, not awaited (Ctrl-C tests); killed when the test ends. */
+function spawnVerify(root: string, configFile: string): ResultPromise {
+  const child = execa(
+    'node',
+    [BIN, 'inspect', '--verify', '--instances-path', root, '--config', configFile, '--json'],
+    {
+      env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
+      reject: false,
+    },
+  )
+  onTestFinished(() => {
+    child.kill('SIGKILL')
+  })
+  return child
+}
+
 /** Whether process `pid` has `file` open. */
 async function holdsOpen(pid: number, file: string): Promise<boolean> {
   const fds = await readdir(`/proc/${pid}/fd`).catch(() => [])
@@ -700,24 +716,17 @@ describe('imgcache inspect --verify', () => {
     await mkdir(host.cacheDir, {recursive: true})
     await writeFile(host.final('e2e-hung'), payload(17, 4096))
     await instance(host.root, 'vm-hung', 'e2e-hung')
-    const child = execa(
-      'node',
-      [BIN, 'inspect', '--verify', '--instances-path', host.root, '--config', hungConfig, '--json'],
-      {
-        env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
-        reject: false,
-      },
-    )
-    onTestFinished(() => {
-      child.kill('SIGKILL')
-    })
+    const child = spawnVerify(host.root, hungConfig)
     await until('the lookup to reach the hung Glance', async () => sockets.length > 0)
     const started = Date.now()
     child.kill('SIGINT')
     const result = await child
     expect(Date.now() - started).toBeLessThan(3000)
     expect(result.exitCode).toBe(130)
-    expect(verdicts(result.stdout)['e2e-hung']).toMatchObject({interrupted: true, reason: 'not checked: interrupted'})
+    expect(verdicts(String(result.stdout))['e2e-hung']).toMatchObject({
+      interrupted: true,
+      reason: 'not checked: interrupted',
+    })
   })
 
   it('Ctrl-C while a base is hashed: stops at once, keeps what was found, says what was not checked (exit 130)', async () => {
@@ -736,17 +745,7 @@ describe('imgcache inspect --verify', () => {
     await writeFile(host.final('e2e-big'), '')
     await execa('truncate', ['-s', '4G', host.final('e2e-big')])
     await instance(host.root, 'vm-big', 'e2e-big')
-    const child = execa(
-      'node',
-      [BIN, 'inspect', '--verify', '--instances-path', host.root, '--config', big, '--json'],
-      {
-        env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
-        reject: false,
-      },
-    )
-    onTestFinished(() => {
-      child.kill('SIGKILL')
-    })
+    const child = spawnVerify(host.root, big)
     // --json prints no progress: wait for the hash to be under way (the file being read).
     await until('the hash to start', async () => holdsOpen(child.pid!, host.final('e2e-big')))
     const started = Date.now()
@@ -754,7 +753,7 @@ describe('imgcache inspect --verify', () => {
     const result = await child
     expect(Date.now() - started).toBeLessThan(3000)
     expect(result.exitCode).toBe(130)
-    expect(verdicts(result.stdout)['e2e-big']).toEqual({
+    expect(verdicts(String(result.stdout))['e2e-big']).toEqual({
       interrupted: true,
       outcome: 'unverifiable',
       reason: 'not checked: interrupted',
