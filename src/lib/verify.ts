@@ -209,6 +209,9 @@ export async function prepareImageLookup(
   }
 }
 
+/** An original Ctrl-C came before (or during) the check of. */
+const NOT_CHECKED: Verification = {interrupted: true, outcome: 'unverifiable', reason: 'not checked: interrupted'}
+
 interface VerifyContext {
   forceRaw: boolean
   lookup: ImageLookup
@@ -283,7 +286,7 @@ export async function verifyNode(
     if (entry.kind !== 'original') continue
     let verification: Verification
     if (options.signal?.aborted) {
-      verification = {interrupted: true, outcome: 'unverifiable', reason: 'not checked: interrupted'}
+      verification = {...NOT_CHECKED}
     } else {
       options.onEntry?.(entry)
       try {
@@ -291,7 +294,7 @@ export async function verifyNode(
         verification = await verifyEntry(entry, analysis.scan.sidecars[entry.name], ctx)
       } catch (error) {
         if (!options.signal?.aborted) throw error
-        verification = {interrupted: true, outcome: 'unverifiable', reason: 'not checked: interrupted'}
+        verification = {...NOT_CHECKED}
       }
     }
 

@@ -552,6 +552,21 @@ function spawnVerify(root: string, configFile: string): ResultPromise {
   return child
 }
 
+/** Ctrl-C once `ready`: the run must end within 3 s, interrupted (exit 130). Its stdout. */
+async function interruptWhen(
+  child: ResultPromise,
+  what: string,
+  ready: () => Promise<boolean>,
+): Promise<{stdout: string}> {
+  await until(what, ready)
+  const started = Date.now()
+  child.kill('SIGINT')
+  const result = await child
+  expect(Date.now() - started).toBeLessThan(3000)
+  expect(result.exitCode).toBe(130)
+  return {stdout: String(result.stdout)}
+}
+
 /** Whether process `pid` has `file` open. */
 async function holdsOpen(pid: number, file: string): Promise<boolean> {
   const fds = await readdir(`/proc/${pid}/fd`).catch(() => [])
@@ -717,13 +732,8 @@ describe('imgcache inspect --verify', () => {
     await writeFile(host.final('e2e-hung'), payload(17, 4096))
     await instance(host.root, 'vm-hung', 'e2e-hung')
     const child = spawnVerify(host.root, hungConfig)
-    await until('the lookup to reach the hung Glance', async () => sockets.length > 0)
-    const started = Date.now()
-    child.kill('SIGINT')
-    const result = await child
-    expect(Date.now() - started).toBeLessThan(3000)
-    expect(result.exitCode).toBe(130)
-    expect(verdicts(String(result.stdout))['e2e-hung']).toMatchObject({
+    const result = await interruptWhen(child, 'the lookup to reach the hung Glance', async () => sockets.length > 0)
+    expect(verdicts(result.stdout)['e2e-hung']).toMatchObject({
       interrupted: true,
       reason: 'not checked: interrupted',
     })
@@ -747,13 +757,10 @@ describe('imgcache inspect --verify', () => {
     await instance(host.root, 'vm-big', 'e2e-big')
     const child = spawnVerify(host.root, big)
     // --json prints no progress: wait for the hash to be under way (the file being read).
-    await until('the hash to start', async () => holdsOpen(child.pid!, host.final('e2e-big')))
-    const started = Date.now()
-    child.kill('SIGINT')
-    const result = await child
-    expect(Date.now() - started).toBeLessThan(3000)
-    expect(result.exitCode).toBe(130)
-    expect(verdicts(String(result.stdout))['e2e-big']).toEqual({
+    const result = await interruptWhen(child, 'the hash to start', async () =>
+      holdsOpen(child.pid!, host.final('e2e-big')),
+    )
+    expect(verdicts(result.stdout)['e2e-big']).toEqual({
       interrupted: true,
       outcome: 'unverifiable',
       reason: 'not checked: interrupted',
