@@ -14,9 +14,19 @@ export interface CliResult {
 
 export async function runCli(
   args: string[],
-  options: {cwd?: string; env?: Record<string, string>; input?: string; timeoutMs?: number} = {},
+  options: {
+    cwd?: string
+    env?: Record<string, string>
+    input?: string
+    timeoutMs?: number
+    /** Run under this umask (e.g. '077', root's umask on a hardened host), as `sh -c 'umask …; exec …'`. */
+    umask?: string
+  } = {},
 ): Promise<CliResult> {
-  const result = await execa('node', [BIN, ...args], {
+  const argv = options.umask
+    ? ['sh', '-c', `umask ${options.umask} && exec node "$@"`, 'sh', BIN, ...args]
+    : ['node', BIN, ...args]
+  const result = await execa(argv[0]!, argv.slice(1), {
     cwd: options.cwd,
     env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production', ...options.env},
     input: options.input,
