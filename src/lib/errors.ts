@@ -144,3 +144,21 @@ export function describeError(err: unknown): string {
   if (err instanceof Error) return err.message
   return String(err)
 }
+
+/**
+ * A link or a non-regular file where imgcache was about to write (DESIGN §10): refused before a byte
+ * is written, exit 4. Shared by every node and writer.
+ */
+export function unsafePath(path: string, what: string, node: string): SafetyError {
+  return new SafetyError(
+    'UNSAFE_PATH',
+    `${path} ${what}: refused, nothing was written (imgcache never writes through a link or into a non-regular file in a cache)`,
+    {
+      node,
+      path,
+      suggestions: [
+        `Find out who made it (ls -l ${path}): neither imgcache nor nova-compute makes links there. Remove it once you know, then run again.`,
+      ],
+    },
+  )
+}

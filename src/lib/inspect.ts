@@ -90,6 +90,16 @@ function soundness(
 ): {format?: string; problems: string[]; virtualSize?: number} {
   const problems: string[] = []
   const {entry} = item
+  // Neither Nova nor imgcache makes links in the cache dir; imgcache never reads or writes through
+  // one (DESIGN §10), so a link is never "ok", whatever it points at.
+  if (entry.type === 'symlink') {
+    return {
+      problems: [
+        `a symbolic link to ${entry.symlinkTarget ?? '?'} (not followed: nothing in a cache dir should be a link)`,
+      ],
+    }
+  }
+
   if (item.kind === 'temporary') return {problems: ['incomplete: a download or conversion that did not finish']}
   if (item.kind === 'unknown') return {problems: []}
   if (entry.size === 0) problems.push('empty file')

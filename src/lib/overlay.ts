@@ -114,7 +114,7 @@ export async function createOverlay(
       size: options.size !== undefined && options.size > 0 ? options.size : undefined,
     })
     try {
-      const result = await node.run(argv, {reject: false, signal: options.signal, timeoutMs: 120_000})
+      const result = await node.run(argv, {asOwner: true, reject: false, signal: options.signal, timeoutMs: 120_000})
       if (result.exitCode !== 0) throw qemuError(argv, result, {image: image.record.id, node: node.name, path: dest})
       await node.rename(temporary, dest, {noReplace: true}).catch((error: unknown) => {
         throw error instanceof ImgcacheError && error.code === 'FS_EEXIST' ? destExists(node, dest) : error

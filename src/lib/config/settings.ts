@@ -4,7 +4,7 @@ import type {PolicySettings} from '../cache/policy.js'
 import type {Node} from '../node/types.js'
 import type {ImgcacheConfig, NodeConfig} from './schema.js'
 
-import {ephemeralExtension} from '../cache/naming.js'
+import {ephemeralExtension, SIDECAR_DIR} from '../cache/naming.js'
 import {ImgcacheError, UsageError} from '../errors.js'
 import {NOVA_DEFAULTS, type NovaConf, parseNovaConf} from './nova-conf.js'
 
@@ -131,7 +131,7 @@ export async function resolveCacheSettings(
     [NOVA_DEFAULTS.removeUnusedBaseImages, 'default'],
   )!
   const normalized = posix.normalize(instancesPath).replace(/(.)\/$/, '$1')
-  return {
+  const settings: CacheSettings = {
     cacheDir: posix.join(normalized, cacheDirName),
     cacheDirName,
     ephemeralExtension: novaEphemeralExtension(nova),
@@ -149,6 +149,23 @@ export async function resolveCacheSettings(
     policy: {originalMinAge: minAge, removeUnused, resizedMinAge},
     vmdkAllowedTypes: config.fetch?.vmdkAllowedTypes ?? nova?.vmdkAllowedTypes ?? NOVA_DEFAULTS.vmdkAllowedTypes,
   }
+  bindInstancesPath(node, settings)
+  return settings
+}
+
+/**
+ * DESIGN §10: every change imgcache makes under the instances path is made as its owner, and the
+ * directories that may be links (the cache dir, the lock dir, the metadata dir) are checked first.
+ */
+export function bindInstancesPath(
+  node: Node,
+  settings: Pick<CacheSettings, 'cacheDir' | 'instancesPath' | 'lockDir'>,
+): void {
+  node.useInstancesPath(settings.instancesPath, [
+    settings.cacheDir,
+    settings.lockDir,
+    posix.join(settings.cacheDir, SIDECAR_DIR),
+  ])
 }
 
 /** Throw the right error for an instances path the scan could not use. */

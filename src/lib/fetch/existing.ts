@@ -2,7 +2,7 @@ import type {CacheSettings} from '../config/settings.js'
 import type {ImageRecord} from '../image-source/types.js'
 import type {Node} from '../node/types.js'
 
-import {ImgcacheError, SafetyError} from '../errors.js'
+import {ImgcacheError, SafetyError, unsafePath} from '../errors.js'
 import {inspectSource, qemuFormatName} from '../formats/index.js'
 import {parseSidecar} from '../sidecar.js'
 
@@ -14,7 +14,7 @@ export interface ExistingEntry {
 }
 
 /**
- * Is the image already cached, and sound? Sound means: a regular file (or a link to one), not
+ * Is the image already cached, and sound? Sound means: a regular file (never a link), not
  * empty, of the size imgcache recorded when it wrote it, whose header passes the safety checks. A
  * sound entry is touched (Nova's pre-cache restarts its lifetime that way) and reported existing.
  * An unsafe one is refused (SafetyError BASE_UNSAFE), any other unsound one is an error that says
@@ -28,9 +28,14 @@ export async function checkExisting(
 ): Promise<ExistingEntry | undefined> {
   const entry = await node.stat(paths.final)
   if (!entry) return undefined
-  const isFile = entry.type === 'file' || (entry.type === 'symlink' && entry.targetType === 'file')
+  // A link is never taken for a cached image (DESIGN §10): it could point at any file of the host.
+  if (entry.type === 'symlink') {
+    throw unsafePath(paths.final, `is a symbolic link to ${entry.symlinkTarget ?? '?'}, not a cached image`, node.name)
+  }
+
+  const isFile = entry.type === 'file'
   const problems: string[] = []
-  if (!isFile) problems.push(`it is a ${entry.type === 'symlink' ? 'dangling symlink' : entry.type}, not a file`)
+  if (!isFile) problems.push(`it is a ${entry.type}, not a file`)
   else if (entry.size === 0) problems.push('it is empty')
   const sidecar = parseSidecar(await node.readTextFile(paths.sidecar).catch(() => undefined))
   if (isFile && sidecar?.size !== undefined && sidecar.size !== entry.size) {

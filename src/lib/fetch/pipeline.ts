@@ -6,7 +6,7 @@ import type {Node} from '../node/types.js'
 import type {FetchPhase, ProgressListener} from './progress.js'
 
 import {cacheName, CONVERTED_SUFFIX, lockName, PART_SUFFIX, SIDECAR_DIR} from '../cache/naming.js'
-import {ImgcacheError, SafetyError} from '../errors.js'
+import {ImgcacheError, SafetyError, unsafePath} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {
   checkDeclaredFormat,
@@ -141,8 +141,14 @@ export async function fetchIntoCache(target: FetchTarget, options: FetchOptions)
     const outcome = await fetchLocked(target, options, paths, expected, progress)
     return {...base, ...outcome, durationMs: Date.now() - started, status: 'cached'}
   } catch (error) {
-    await node.remove(paths.part).catch(() => 'missing')
-    await node.remove(paths.converted).catch(() => 'missing')
+    // Our temporaries go; a link or other file someone planted at their name stays for the operator
+    // to look at (the refusal names it).
+    const planted = error instanceof ImgcacheError && error.code === 'UNSAFE_PATH' ? error.subject.path : undefined
+    for (const temporary of [paths.part, paths.converted]) {
+      // eslint-disable-next-line no-await-in-loop
+      if (temporary !== planted) await node.remove(temporary).catch(() => 'missing')
+    }
+
     throw interrupted(options.signal) ?? error
   } finally {
     await lock.release().catch(() => undefined)
@@ -311,9 +317,21 @@ async function qemuInfo(node: Node, path: string, image: string) {
 }
 
 async function convertToRaw(node: Node, paths: Paths, qemuFormat: string, image: string): Promise<void> {
+  // qemu-img opens its output by name: a link or a non-regular file planted there is refused first
+  // (qemu-img runs as the instances path's owner, so even a race after this check cannot steer root).
+  const planted = await node.stat(paths.converted)
+  if (planted && planted.type !== 'file') {
+    throw unsafePath(
+      paths.converted,
+      planted.type === 'symlink' ? 'is a symbolic link' : 'is not a regular file',
+      node.name,
+    )
+  }
+
+  if (planted) await node.remove(paths.converted)
   const cacheMode = (await node.supportsDirectIo(posix.dirname(paths.final))) ? 'none' : 'writeback'
   const argv = qemuConvertArgv({cacheMode, dst: paths.converted, src: paths.part, srcFormat: qemuFormat})
-  const result = await node.run(argv, {reject: false})
+  const result = await node.run(argv, {asOwner: true, reject: false})
   if (result.exitCode !== 0) throw qemuError(argv, result, {image, node: node.name, path: paths.converted})
 }
 

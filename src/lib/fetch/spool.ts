@@ -1,3 +1,4 @@
+import {constants, mkdtempSync} from 'node:fs'
 import {type FileHandle, open as openFile, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 import {Readable} from 'node:stream'
@@ -40,7 +41,12 @@ export class Spool {
     vmdkAllowedTypes: readonly string[],
     signal?: AbortSignal,
   ) {
-    this.file = openFile(this.path, 'w', 0o600)
+    // A new name in this run's private directory, made here and never through a link (DESIGN §10).
+    this.file = openFile(
+      this.path,
+      constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      0o600,
+    )
     this.file.catch(() => undefined)
     this.finished = this.fill(open, expected, vmdkAllowedTypes, signal)
     this.finished.catch(() => undefined)
@@ -156,8 +162,14 @@ export class Spool {
   }
 }
 
-/** The spools of one run: one per image, created when the first node asks for it, removed at the end. */
+/**
+ * The spools of one run: one per image, created when the first node asks for it, removed at the end.
+ * They live in a directory of their own made with mkdtemp (0700, an unpredictable name) under `dir`
+ * (the system's temporary directory or --spool-dir): a predictable name in a shared /tmp would let
+ * another user plant a link there for root to write the image through.
+ */
 export class SpoolSet {
+  private privateDir?: string
   private reads = 0
   private readonly spools = new Map<string, Spool>()
 
@@ -168,6 +180,7 @@ export class SpoolSet {
 
   async dispose(): Promise<void> {
     await Promise.all([...this.spools.values()].map((s) => s.remove()))
+    if (this.privateDir) await rm(this.privateDir, {force: true, recursive: true})
   }
 
   /** The image's spool; a failed one is replaced (a retry reads the origin again). */
@@ -180,9 +193,10 @@ export class SpoolSet {
     let spool = this.spools.get(image.id)
     if (!spool || spool.failed) {
       this.reads++
+      this.privateDir ??= mkdtempSync(join(this.dir, 'imgcache-spool-'))
       spool = new Spool(
         image,
-        join(this.dir, `imgcache-spool-${process.pid}-${image.id.replaceAll(/[^\w.-]/g, '_')}`),
+        join(this.privateDir, `${image.id.replaceAll(/[^\w.-]/g, '_')}.${this.reads}`),
         open,
         expected,
         vmdkAllowedTypes,

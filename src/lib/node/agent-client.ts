@@ -2,9 +2,9 @@ import type {Readable, Writable} from 'node:stream'
 
 import {createInterface} from 'node:readline'
 
-import type {LockHandle, LockOptions} from './types.js'
+import type {CacheOwner, InstancesRoot, LockHandle, LockOptions} from './types.js'
 
-import {fromErrno, ImgcacheError} from '../errors.js'
+import {fromErrno, ImgcacheError, unsafePath, UsageError} from '../errors.js'
 
 /** The running agent (agent-py.ts): its pipes and a way to learn that it ended. */
 export interface AgentProcess {
@@ -21,6 +21,8 @@ interface Reply {
   id?: number
   message?: string
   ok?: boolean
+  /** With `error: "unsafe"`: the path refused. */
+  path?: string
   ready?: boolean
   result?: unknown
 }
@@ -38,6 +40,7 @@ export class AgentClient {
   private gone?: ImgcacheError
   private readonly held = new Map<string, Promise<void>>()
   private nextId = 1
+  private readonly owners = new Map<string, Promise<CacheOwner>>()
   private readonly ready: Promise<void>
   private readonly replies = new Map<number, (reply: Reply) => void>()
   private stderrText = ''
@@ -140,6 +143,43 @@ export class AgentClient {
     }
   }
 
+  /**
+   * DESIGN §10: tell the agent the instances path (once per path and agent): from then on it makes
+   * every change under it as the path's owner. Refused (SafetyError) when a linked directory is not
+   * root's or the owner's; a usage error when imgcache is neither root nor the owner, since it could
+   * only leave files nova-compute cannot use.
+   */
+  async own(root: InstancesRoot | undefined): Promise<CacheOwner | undefined> {
+    if (!root) return undefined
+    const key = JSON.stringify(root)
+    let owned = this.owners.get(key)
+    if (!owned) {
+      owned = this.request<CacheOwner>(
+        'own',
+        {dirs: root.dirs, instancesPath: root.path},
+        'cannot check the owner of',
+        root.path,
+      ).then((owner) => {
+        if (owner.euid !== 0 && owner.euid !== owner.uid) {
+          throw new UsageError(
+            'NOT_OWNER',
+            `imgcache runs as uid ${owner.euid} on ${this.nodeName}, but ${root.path} belongs to uid ${owner.uid}: what it made there would not be usable by nova-compute`,
+            {
+              node: this.nodeName,
+              path: root.path,
+              suggestions: [`Run imgcache as root, or as the owner of ${root.path} (uid ${owner.uid}).`],
+            },
+          )
+        }
+
+        return owner
+      })
+      this.owners.set(key, owned)
+    }
+
+    return owned
+  }
+
   /** One operation of the agent (scan, stat, remove, ...); its OS errors come back as sentences. */
   async request<T>(op: string, body: Record<string, unknown>, what: string, path: string): Promise<T> {
     const reply = await this.send({...body, op})
@@ -149,6 +189,8 @@ export class AgentClient {
 
   private failure(reply: Reply, what: string, path: string, suggestions: string[] = []): ImgcacheError {
     if (reply.error === 'gone') return this.gone ?? this.goneError(this.stderrText)
+    if (reply.error === 'unsafe')
+      return unsafePath(reply.path ?? path, reply.message ?? 'is not safe to use', this.nodeName)
     if (reply.error === 'os' && reply.errno) {
       const cause = Object.assign(new Error(reply.message ?? reply.errno), {code: reply.errno})
       return fromErrno(cause, what, path, {node: this.nodeName, suggestions})

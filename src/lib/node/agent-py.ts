@@ -12,6 +12,16 @@
  *                                          ← {"id": 1, "ok": false, "error": {"code": "ENOENT", "message": "..."}}
  * Lock waits are polled with LOCK_NB every 50 ms, as fasteners does; other requests are answered
  * meanwhile.
+ *
+ * Living beside nova-compute (DESIGN §10). The agent starts as whoever ran imgcache (root, as a
+ * rule). `own` names the instances path; from then on every change under it (directories, lock
+ * files, temporaries, renames, removals, metadata, and the programs it spawns) is made with the
+ * effective uid/gid of the instances path's owner (nova), under umask 022, so what imgcache leaves is
+ * nova's by construction and a link planted by nova can never make root write anything. Only reads,
+ * and the touch Nova itself makes through its privileged helper (a base libvirt gave to its qemu
+ * user), keep root's identity; the touch never follows a link. Temporaries and lock files are
+ * opened O_NOFOLLOW (O_EXCL where they must be new) and must be regular files: anything else is
+ * refused (`unsafe`) before a byte is written.
  */
 export const AGENT_PY = String.raw`
 import base64, errno, fcntl, hashlib, json, mmap, os, select, signal, stat as S, subprocess, sys, time
@@ -19,6 +29,117 @@ import base64, errno, fcntl, hashlib, json, mmap, os, select, signal, stat as S,
 held = {}
 pending = []
 children = {}
+# (uid, gid, groups) of the instances path's owner while this agent runs as root and the owner is
+# someone else; None means "act as we are".
+OWNER = None
+ROOT_GROUPS = os.getgroups()
+os.umask(0o022)
+
+class Unsafe(Exception):
+    # A link or a non-regular file where imgcache must write: refused, nothing written.
+    def __init__(self, path, what):
+        Exception.__init__(self, "%s %s" % (path, what)); self.path = path; self.what = what
+
+class AsOwner(object):
+    # Effective ids of the owner for the length of one operation (the agent is single-threaded).
+    def __enter__(self):
+        if OWNER:
+            os.setgroups(OWNER[2]); os.setegid(OWNER[1]); os.seteuid(OWNER[0])
+    def __exit__(self, *exc):
+        if OWNER:
+            os.seteuid(0); os.setegid(0); os.setgroups(ROOT_GROUPS)
+        return False
+
+def drop_for_good():
+    # In a child about to exec a program (curl, aria2c): the owner's ids, all three of them.
+    if OWNER:
+        os.setgroups(OWNER[2]); os.setresgid(OWNER[1], OWNER[1], OWNER[1]); os.setresuid(OWNER[0], OWNER[0], OWNER[0])
+    os.umask(0o022)
+
+def owner_groups(uid, gid):
+    try:
+        import pwd
+        return sorted(set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)))
+    except (KeyError, OSError, AttributeError):
+        return [gid]  # a uid with no name on the host (Kolla's 42436): its own group only
+
+def link_owner_ok(p, owner_uid):
+    # A symlinked instances path or cache dir is followed only when the link and its target belong to
+    # root or to the instances path's owner: anyone else could point it anywhere.
+    l = os.lstat(p)
+    if not S.S_ISLNK(l.st_mode): return
+    t = os.stat(p)
+    if l.st_uid not in (0, owner_uid):
+        raise Unsafe(p, "is a symbolic link owned by uid %d, neither root nor the instances path's owner (uid %d): not followed" % (l.st_uid, owner_uid))
+    if t.st_uid not in (0, owner_uid):
+        raise Unsafe(p, "is a symbolic link to %s, owned by uid %d, neither root nor the instances path's owner (uid %d): not followed" % (os.path.realpath(p), t.st_uid, owner_uid))
+
+def own(q):
+    global OWNER
+    ip = q["instancesPath"]
+    try:
+        l = os.lstat(ip)
+    except FileNotFoundError:
+        OWNER = None
+        return {"uid": os.geteuid(), "gid": os.getegid(), "euid": os.geteuid(), "exists": False}
+    t = os.stat(ip)
+    if S.S_ISLNK(l.st_mode) and l.st_uid not in (0, t.st_uid):
+        raise Unsafe(ip, "is a symbolic link owned by uid %d, neither root nor the owner of its target (uid %d): not followed" % (l.st_uid, t.st_uid))
+    uid, gid = t.st_uid, t.st_gid
+    for p in q.get("dirs", []):
+        try: link_owner_ok(p, uid)
+        except FileNotFoundError: pass
+    euid = os.geteuid()
+    OWNER = (uid, gid, owner_groups(uid, gid)) if euid == 0 and uid != 0 else None
+    if OWNER:
+        # Directories an earlier imgcache made as root (real directories, not links, owned by root):
+        # handed to the owner, or nova-compute could never write its own downloads and locks there.
+        for p in q.get("dirs", []):
+            try: fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError: continue
+            try:
+                st = os.fstat(fd)
+                if st.st_uid == 0: os.fchown(fd, uid, gid); os.fchmod(fd, 0o755)
+            finally: os.close(fd)
+    return {"uid": uid, "gid": gid, "euid": euid, "exists": True}
+
+def unsafe_errno(e, p):
+    if e.errno == errno.ELOOP: return Unsafe(p, "is a symbolic link")
+    if e.errno in (errno.ENXIO, errno.EISDIR, errno.EWOULDBLOCK): return Unsafe(p, "is not a regular file")
+    return None
+
+def open_regular(p, flags, mode=0o644):
+    # O_NOFOLLOW: a link at the name is refused (ELOOP), never followed; O_NONBLOCK: a FIFO planted at
+    # the name cannot make us wait. Then it must be a regular file.
+    try:
+        fd = os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as e:
+        u = unsafe_errno(e, p)
+        if u: raise u
+        raise
+    st = os.fstat(fd)
+    if not S.S_ISREG(st.st_mode):
+        os.close(fd); raise Unsafe(p, "is not a regular file")
+    return fd, st
+
+def create(q):
+    # A temporary the caller writes next (a download's .part): as the owner, never through a link.
+    p = q["path"]
+    with AsOwner():
+        try: l = os.lstat(p)
+        except FileNotFoundError: l = None
+        if l is not None and S.S_ISLNK(l.st_mode): raise Unsafe(p, "is a symbolic link")
+        if l is not None and not S.S_ISREG(l.st_mode): raise Unsafe(p, "is not a regular file")
+        if q.get("append") and l is not None:
+            fd, st = open_regular(p, os.O_WRONLY | os.O_APPEND)
+        else:
+            if l is not None: os.unlink(p)
+            try:
+                fd, st = open_regular(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise Unsafe(p, "appeared while it was being made (something else writes there)")
+        os.close(fd)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size}
 
 def reply(o):
     sys.stdout.write(json.dumps(o) + "\n"); sys.stdout.flush()
@@ -134,7 +255,7 @@ def scan(q):
             e = entry(cd, n)
         except OSError:
             continue
-        if q["cacheHeadBytes"] > 0 and (e["type"] == "file" or e.get("targetType") == "file"):
+        if q["cacheHeadBytes"] > 0 and e["type"] == "file":
             try: e["head"] = b64(head(os.path.join(cd, n), q["cacheHeadBytes"])[0])
             except OSError: pass
         out["cacheDir"]["entries"].append(e)
@@ -171,6 +292,9 @@ def read_ranges(q):
     return res
 
 def remove(q):
+    with AsOwner(): return remove_(q)
+
+def remove_(q):
     p = q["path"]
     try: l = os.lstat(p)
     except OSError as e:
@@ -196,6 +320,9 @@ def fsync_dir(d):
     finally: os.close(fd)
 
 def rename(q):
+    with AsOwner(): return rename_(q)
+
+def rename_(q):
     if q.get("noReplace"):
         # link(2) fails with EEXIST instead of replacing: a file someone made meanwhile is never lost.
         os.link(q["from"], q["to"]); os.unlink(q["from"])
@@ -204,14 +331,17 @@ def rename(q):
     fsync_dir(os.path.dirname(q["to"]) or "."); return None
 
 def sync_file(q):
-    fd = os.open(q["path"], os.O_RDONLY)
+    fd = os.open(q["path"], os.O_RDONLY | os.O_NOFOLLOW)
     try: os.fsync(fd)
     finally: os.close(fd)
 
 def write_atomic(q):
-    p = q["path"]; t = os.path.join(os.path.dirname(p), ".%s.%d.tmp" % (os.path.basename(p), os.getpid()))
+    with AsOwner(): return write_atomic_(q)
+
+def write_atomic_(q):
+    p = q["path"]; t = os.path.join(os.path.dirname(p), ".%s.%s.tmp" % (os.path.basename(p), os.urandom(6).hex()))
     try:
-        fd = os.open(t, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, q.get("mode", 0o644))
+        fd, _ = open_regular(t, os.O_WRONLY | os.O_CREAT | os.O_EXCL, q.get("mode", 0o644))
         try:
             os.write(fd, base64.b64decode(q["data"])); os.fsync(fd)
         finally: os.close(fd)
@@ -223,17 +353,21 @@ def write_atomic(q):
 
 def direct_io(q):
     # Nova's probe (nova/privsep/utils.py supports_direct_io): one aligned block written with O_DIRECT.
-    p = os.path.join(q["dir"], ".directio.test.imgcache.%d" % os.getpid())
+    with AsOwner(): return direct_io_(q)
+
+def direct_io_(q):
+    p = os.path.join(q["dir"], ".directio.test.imgcache.%s" % os.urandom(6).hex())
     fd = None
     try:
-        fd = os.open(p, os.O_CREAT | os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | getattr(os, "O_DIRECT", 0), 0o644)
         m = mmap.mmap(-1, 4096); m.write(b"x" * 4096); os.write(fd, m); return True
     except OSError:
         return False
     finally:
-        if fd is not None: os.close(fd)
-        try: os.unlink(p)
-        except OSError: pass
+        if fd is not None:
+            os.close(fd)
+            try: os.unlink(p)
+            except OSError: pass
 
 def digest(q):
     h = hashlib.new(q["algorithm"])
@@ -257,16 +391,19 @@ def text(q):
         raise
 
 def touch(q):
-    for p in q["paths"]: os.utime(p, None)
+    # Nova touches through its privileged helper (nova.privsep.path.utime): a base that libvirt's
+    # dynamic ownership gave to its qemu user is not the owner's to touch. Root's, then, but never
+    # through a link: a link in the cache dir has its own times set, its target is left alone.
+    for p in q["paths"]: os.utime(p, None, follow_symlinks=False)
 
 def mkdirp(q):
-    os.makedirs(q["path"], exist_ok=True)
+    with AsOwner(): os.makedirs(q["path"], exist_ok=True)
 
 def spawn(q):
     # A program that must not outlive the connection (curl fetching into the cache): its stdin gets
     # q["input"] (secrets travel this way, never in its argv); stdout goes nowhere; stderr is kept.
     p = subprocess.Popen(q["argv"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env=dict(os.environ, LC_ALL="C", LANG="C"))
+                         env=dict(os.environ, LC_ALL="C", LANG="C"), preexec_fn=drop_for_good)
     try:
         p.stdin.write(base64.b64decode(q.get("input", ""))); p.stdin.close()
     except OSError:
@@ -313,22 +450,33 @@ def reap_all():
         try: c["p"].wait(5)
         except subprocess.TimeoutExpired: c["p"].kill()
 
-OPS = {"digest": digest, "direct_io": direct_io, "kill": kill, "mkdirp": mkdirp, "read_ranges": read_ranges, "read_text": text,
+OPS = {"create": create, "own": own, "digest": digest, "direct_io": direct_io, "kill": kill, "mkdirp": mkdirp, "read_ranges": read_ranges, "read_text": text,
        "remove": remove, "rename": rename, "scan": scan, "stat": stat_one, "statfs": lambda q: fsusage(q["path"]),
        "spawn": spawn, "status": status, "sync_file": sync_file, "touch": touch, "write_atomic": write_atomic}
 
+def open_lock(path):
+    # As oslo.concurrency (fasteners) opens it: for append, created if missing, never truncated; but
+    # as the owner, never through a link, and only a regular file. A lock file that exists is used as
+    # it is: one root made before (an older imgcache) is opened as root, still O_NOFOLLOW.
+    d = os.path.dirname(path)
+    with AsOwner():
+        if d: os.makedirs(d, exist_ok=True)
+        try:
+            return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)[0]
+        except PermissionError:
+            if not OWNER: raise
+    return open_regular(path, os.O_WRONLY | os.O_APPEND)[0]
+
 def attempt(path):
     if path in held: return None
-    d = os.path.dirname(path)
-    if d: os.makedirs(d, exist_ok=True)
-    f = open(path, "a")
+    fd = open_lock(path)
     try:
-        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        f.close()
+        os.close(fd)
         if e.errno in (errno.EAGAIN, errno.EACCES): return None
         raise
-    return f
+    return fd
 
 def on_term(signum, frame):
     reap_all(); os._exit(0)
@@ -355,7 +503,7 @@ while True:
             elif op == "unlock":
                 f = held.pop(q["path"], None)
                 if f is not None:
-                    fcntl.lockf(f, fcntl.LOCK_UN); f.close()
+                    fcntl.lockf(f, fcntl.LOCK_UN); os.close(f)
                 reply({"id": q["id"], "ok": True})
             elif op == "cancel":
                 before = len(pending)
@@ -364,6 +512,8 @@ while True:
             else:
                 try:
                     reply({"id": q["id"], "ok": True, "result": OPS[op](q)})
+                except Unsafe as e:
+                    reply({"id": q["id"], "ok": False, "error": "unsafe", "path": e.path, "message": e.what})
                 except OSError as e:
                     reply({"id": q["id"], "ok": False, "error": "os", "errno": ecode(e),
                            "message": "%s: %s" % (getattr(e, "filename", None) or "", e.strerror or e)})
@@ -373,8 +523,10 @@ while True:
     for p in pending:
         try:
             f = attempt(p[1])
+        except Unsafe as e:
+            reply({"id": p[0], "ok": False, "error": "unsafe", "path": e.path, "message": e.what}); continue
         except OSError as e:
-            reply({"id": p[0], "ok": False, "error": "os", "message": "%s: %s" % (p[1], e.strerror)}); continue
+            reply({"id": p[0], "ok": False, "error": "os", "errno": ecode(e), "message": "%s: %s" % (p[1], e.strerror)}); continue
         if f is not None:
             held[p[1]] = f; reply({"id": p[0], "ok": True}); continue
         if time.monotonic() >= p[2]:

@@ -478,8 +478,8 @@ async function scanCacheDir(fs: ScanFs, request: ScanRequest, scan: CacheScan): 
   scan.cacheDir.entries = await mapLimit(names, concurrencyOf(fs), async (name) => {
     try {
       const entry = await statEntryWith(fs, request.cacheDir, name)
-      const isFile = entry.type === 'file' || (entry.type === 'symlink' && entry.targetType === 'file')
-      if (isFile && request.cacheHeadBytes > 0) {
+      // Never read through a link in the cache dir (DESIGN §10): a linked entry is shown as a link.
+      if (entry.type === 'file' && request.cacheHeadBytes > 0) {
         try {
           entry.head = (await fs.readHead(join(request.cacheDir, name), request.cacheHeadBytes)).head
         } catch {

@@ -2,14 +2,16 @@ import type {execa as Execa} from 'execa'
 import type {Readable} from 'node:stream'
 
 import {createHash} from 'node:crypto'
-import {createReadStream, createWriteStream, existsSync} from 'node:fs'
-import {link, lstat, mkdir, open, readFile, rename, stat, unlink, utimes} from 'node:fs/promises'
-import {basename, dirname, join} from 'node:path'
+import {closeSync, constants, createReadStream, createWriteStream, existsSync, fstatSync, openSync} from 'node:fs'
+import {lutimes, open, readFile, stat} from 'node:fs/promises'
+import {basename, dirname} from 'node:path'
 
 import type {
+  CacheOwner,
   CacheScan,
   EntryStat,
   FsUsage,
+  InstancesRoot,
   LockHandle,
   LockOptions,
   Node,
@@ -24,7 +26,7 @@ import type {
   WriteFileOptions,
 } from './types.js'
 
-import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError} from '../errors.js'
+import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError, unsafePath} from '../errors.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {loadExeca} from './execa-lazy.js'
@@ -36,11 +38,18 @@ const WRITEBACK_BYTES = 64 * 1024 * 1024
 /** Programs run with a fixed locale so their messages can be parsed (as Nova does for qemu-img). */
 const FIXED_LOCALE = {LANG: 'C', LC_ALL: 'C'}
 
-/** This machine as a compute node. */
+/**
+ * This machine as a compute node. Reads happen in this process. Changes under the instances path go
+ * through the same python3 agent SSH nodes run (DESIGN §10): it makes them as the path's owner, never
+ * through a link, so what imgcache leaves is nova's and a planted link cannot steer root. The one
+ * write this process makes itself, a download's bytes, goes into a file the agent made: opened
+ * without following a link and checked to be that very inode.
+ */
 export class LocalNode implements Node {
   readonly description = 'local'
   readonly isLocal = true
   private lockClient?: AgentClient
+  private root?: InstancesRoot
 
   constructor(readonly name = 'local') {}
 
@@ -63,21 +72,12 @@ export class LocalNode implements Node {
   }
 
   async lock(path: string, options: LockOptions): Promise<LockHandle> {
-    if (!this.lockClient) {
-      const execa = await loadExeca()
-      // Checked again after the await: a concurrent lock() may have started the helper meanwhile.
-      this.lockClient ??= this.startLockHelper(execa)
-    }
-
-    return this.lockClient.lock(path, options)
+    const agent = await this.owned()
+    return agent.lock(path, options)
   }
 
   async mkdirp(path: string): Promise<void> {
-    try {
-      await mkdir(path, {recursive: true})
-    } catch (error) {
-      throw fromErrno(error, 'cannot create directory', path, {node: this.name})
-    }
+    await this.request('mkdirp', {path}, 'cannot create directory', path)
   }
 
   async openRead(path: string, offset = 0): Promise<Readable> {
@@ -90,18 +90,23 @@ export class LocalNode implements Node {
   }
 
   async openWrite(path: string, options: WriteFileOptions = {}): Promise<NodeFileSink> {
+    // The agent makes the file as the owner (O_EXCL, O_NOFOLLOW); this process opens that name
+    // without following a link and checks it holds the very inode the agent made: a name swapped
+    // meanwhile is refused, never written through.
+    const made = await this.request<{dev: number; ino: number}>(
+      'create',
+      {append: options.append === true, path},
+      'cannot write',
+      path,
+    )
+    const fd = this.openMade(path, made, options.append === true)
     // `flush`: the stream fsyncs the file before it closes, so "closed" means "on disk". `fs`:
     // the data goes to disk during the write (background fdatasync), not all at the final fsync.
-    const stream = createWriteStream(path, {
-      flags: options.append ? 'a' : 'w',
+    const stream = createWriteStream('', {
+      fd,
       flush: true,
       fs: writebackFs(WRITEBACK_BYTES),
       highWaterMark: 1024 * 1024,
-      mode: options.mode ?? 0o644,
-    })
-    await new Promise<void>((resolve, reject) => {
-      stream.once('open', () => resolve())
-      stream.once('error', (error) => reject(fromErrno(error, 'cannot write', path, {node: this.name})))
     })
     const closed = new Promise<void>((resolve, reject) => {
       stream.once('close', () => resolve())
@@ -154,57 +159,25 @@ export class LocalNode implements Node {
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<RemoveOutcome> {
-    let l
-    try {
-      l = await lstat(path)
-    } catch (error) {
-      if (errnoCode(error) === 'ENOENT') return 'missing'
-      throw fromErrno(error, 'cannot remove', path, {node: this.name})
-    }
-
-    if (l.isDirectory())
-      throw fromErrno(Object.assign(new Error('is a directory'), {code: 'EISDIR'}), 'cannot remove', path)
-    if (options.olderThanMs !== undefined) {
-      // Nova's age is os.path.getmtime: it follows a symlink to its target.
-      const mtimeMs = l.isSymbolicLink() ? ((await stat(path).catch(() => l)) ?? l).mtimeMs : l.mtimeMs
-      if (mtimeMs > options.olderThanMs) return 'too-young'
-    }
-
-    try {
-      await unlink(path)
-      return 'removed'
-    } catch (error) {
-      if (errnoCode(error) === 'ENOENT') return 'missing'
-      throw fromErrno(error, 'cannot remove', path, {node: this.name})
-    }
+    // Nova's age is os.path.getmtime: the agent follows a symlink for the age, never for the unlink.
+    return this.request<RemoveOutcome>('remove', {olderThanMs: options.olderThanMs, path}, 'cannot remove', path)
   }
 
   async rename(from: string, to: string, options: RenameOptions = {}): Promise<void> {
-    try {
-      if (options.noReplace) {
-        // link(2) fails with EEXIST instead of replacing: a file someone made meanwhile is never lost.
-        await link(from, to)
-        await unlink(from)
-      } else {
-        await rename(from, to)
-      }
-    } catch (error) {
-      throw fromErrno(error, `cannot rename ${from} to`, to, {node: this.name})
-    }
-
-    // The rename itself must survive a crash: fsync the directory that holds the new name.
-    const dir = await open(dirname(to), 'r').catch(() => undefined)
-    if (dir) {
-      await dir.sync().catch(() => undefined)
-      await dir.close()
-    }
+    // link(2) + unlink with noReplace; then the directory is fsynced so the rename survives a crash.
+    await this.request('rename', {from, noReplace: options.noReplace === true, to}, `cannot rename ${from} to`, to)
   }
 
   async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {
     const [file, ...args] = argv
     if (!file) throw new ImgcacheError('BUG', 'run() needs a program')
+    const owner = options.asOwner ? await this.owner() : undefined
     const execa = await loadExeca()
-    const result = await execa(file, args, {
+    // As the owner (libuv drops the supplementary groups with the ids), under nova's umask.
+    const drop = owner && owner.euid === 0 && owner.uid !== 0 ? {gid: owner.gid, uid: owner.uid} : {}
+    const [program, ...rest] = options.asOwner ? ['sh', '-c', 'umask 022 && exec "$@"', 'sh', file, ...args] : argv
+    const result = await execa(program!, rest, {
+      ...drop,
       cancelSignal: options.signal,
       env: {...FIXED_LOCALE, ...options.env},
       input: options.stdin,
@@ -256,18 +229,13 @@ export class LocalNode implements Node {
   }
 
   async supportsDirectIo(dir: string): Promise<boolean> {
-    // Nova's probe (nova/privsep/utils.py supports_direct_io): write one aligned block with O_DIRECT.
-    const probe = join(dir, `.directio.test.imgcache.${process.pid}`)
-    const result = await this.run(['dd', 'if=/dev/zero', `of=${probe}`, 'bs=4096', 'count=1', 'oflag=direct'], {
-      reject: false,
-    })
-    await unlink(probe).catch(() => undefined)
-    return result.exitCode === 0
+    // Nova's probe (nova/privsep/utils.py supports_direct_io): one aligned block written with O_DIRECT.
+    return this.request<boolean>('direct_io', {dir}, 'cannot probe O_DIRECT in', dir)
   }
 
   async syncFile(path: string): Promise<void> {
     try {
-      const handle = await open(path, 'r')
+      const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
       try {
         await handle.sync()
       } finally {
@@ -279,33 +247,67 @@ export class LocalNode implements Node {
   }
 
   async touch(paths: string[]): Promise<void> {
+    // As Nova's privileged utime: this process's identity (a base libvirt gave to its qemu user is
+    // not nova's to touch), but lutimes: a link has its own times set, its target is left alone.
     const now = new Date()
     for (const path of paths) {
       try {
         // eslint-disable-next-line no-await-in-loop
-        await utimes(path, now, now)
+        await lutimes(path, now, now)
       } catch (error) {
         throw fromErrno(error, 'cannot touch', path, {node: this.name})
       }
     }
   }
 
-  async writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
-    const temporary = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`)
-    try {
-      const handle = await open(temporary, 'w', mode)
-      try {
-        await handle.writeFile(data)
-        await handle.sync()
-      } finally {
-        await handle.close()
-      }
+  useInstancesPath(path: string, dirs: string[]): void {
+    this.root = {dirs, path}
+  }
 
-      await rename(temporary, path)
+  async writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+    await this.request('write_atomic', {data: Buffer.from(data).toString('base64'), mode, path}, 'cannot write', path)
+  }
+
+  /** Open what the agent made at `path` for writing: no link followed, and the same inode, or refused. */
+  private openMade(path: string, made: {dev: number; ino: number}, append: boolean): number {
+    let fd: number
+    try {
+      fd = openSync(
+        path,
+        constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | (append ? constants.O_APPEND : 0),
+      )
     } catch (error) {
-      await unlink(temporary).catch(() => {})
+      if (errnoCode(error) === 'ELOOP') throw unsafePath(path, 'is a symbolic link', this.name)
       throw fromErrno(error, 'cannot write', path, {node: this.name})
     }
+
+    const st = fstatSync(fd)
+    if (!st.isFile() || st.dev !== made.dev || st.ino !== made.ino) {
+      closeSync(fd)
+      throw unsafePath(path, 'was replaced while it was being opened', this.name)
+    }
+
+    return fd
+  }
+
+  /** The agent, started on first use, told the instances path (it makes every change as its owner). */
+  private async owned(): Promise<AgentClient> {
+    if (!this.lockClient) {
+      const execa = await loadExeca()
+      // Checked again after the await: a concurrent call may have started the helper meanwhile.
+      this.lockClient ??= this.startLockHelper(execa)
+    }
+
+    await this.lockClient.own(this.root)
+    return this.lockClient
+  }
+
+  private async owner(): Promise<CacheOwner | undefined> {
+    return (await this.owned()).own(this.root)
+  }
+
+  private async request<T>(op: string, body: Record<string, unknown>, what: string, path: string): Promise<T> {
+    return (await this.owned()).request<T>(op, body, what, path)
   }
 
   /** Locks are held by the same python3 agent SSH nodes run (only its lock operations are used here). */

@@ -4,9 +4,11 @@ import {type Readable, Writable} from 'node:stream'
 import {finished} from 'node:stream/promises'
 
 import type {
+  CacheOwner,
   CacheScan,
   EntryStat,
   FsUsage,
+  InstancesRoot,
   LockHandle,
   LockOptions,
   Node,
@@ -22,10 +24,11 @@ import type {
   WriteFileOptions,
 } from './types.js'
 
-import {ImgcacheError, RemoteCommandError} from '../errors.js'
+import {ImgcacheError, RemoteCommandError, unsafePath} from '../errors.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
+import {RUN_AS_PY, WRITER_PY, WRITER_UNSAFE_STATUS} from './owner-py.js'
 import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
 
 /** How often a node-side download is looked at: its progress, and whether curl has ended. */
@@ -210,6 +213,7 @@ export class SshNode implements Node {
   private readonly children = new Set<ResultPromise>()
   private closed = false
   private connected?: Promise<void>
+  private root?: InstancesRoot
 
   constructor(
     readonly name: string,
@@ -305,7 +309,14 @@ export class SshNode implements Node {
     request: UrlFetch,
     options: {onBytes?: (bytes: number) => void; signal?: AbortSignal} = {},
   ): Promise<void> {
-    const agent = await this.agentClient()
+    const agent = await this.owned()
+    // The .part is made (or reopened) as the owner, never through a link; curl then runs as the owner.
+    await agent.request(
+      'create',
+      {append: Boolean(request.resumeFrom), path: request.dest},
+      'cannot write',
+      request.dest,
+    )
     const argv = curlArgv(request)
     // Headers (the token among them) reach curl on its stdin: `--header @-`.
     const input = Object.entries(request.headers)
@@ -343,11 +354,11 @@ export class SshNode implements Node {
   }
 
   async lock(path: string, options: LockOptions): Promise<LockHandle> {
-    return (await this.agentClient()).lock(path, options)
+    return (await this.owned()).lock(path, options)
   }
 
   async mkdirp(path: string): Promise<void> {
-    await this.request('mkdirp', {path}, 'cannot create directory', path)
+    await this.ownedRequest('mkdirp', {path}, 'cannot create directory', path)
   }
 
   async openRead(path: string, offset = 0): Promise<Readable> {
@@ -359,9 +370,10 @@ export class SshNode implements Node {
   }
 
   async openWrite(path: string, options: WriteFileOptions = {}): Promise<NodeFileSink> {
-    await this.connect()
-    const script = options.append ? 'exec cat >> "$1"' : 'umask 022; exec cat > "$1"'
-    const child = this.spawn(['sh', '-c', script, 'sh', path], {stdin: 'pipe'})
+    const owner = await this.owner()
+    // The node's end is WRITER_PY, as the owner: a link or a non-regular file at `path` is refused.
+    const ids = owner ? [String(owner.uid), String(owner.gid)] : ['-1', '-1']
+    const child = this.spawn(['python3', '-c', WRITER_PY, ...ids, path, options.append ? '1' : '0'], {stdin: 'pipe'})
     if (!child.stdin) throw new ImgcacheError('BUG', 'no stdin')
     const {stdin} = child
     const failure = (result: {exitCode?: number; stderr?: unknown}): ImgcacheError | undefined => {
@@ -369,6 +381,8 @@ export class SshNode implements Node {
       // spawn() collects stderr as bytes (encoding 'buffer'): String() of them would be their numbers.
       const stderr = textOf(result.stderr)
       if (result.exitCode === SSH_FAILURE_STATUS) return sshError(this, stderr, `writing ${path}`)
+      const unsafe = /^imgcache-unsafe: (.*)$/m.exec(stderr)
+      if (result.exitCode === WRITER_UNSAFE_STATUS && unsafe) return unsafePath(path, unsafe[1]!, this.name)
       if (/No space left on device|Disk quota exceeded/.test(stderr)) {
         return new ImgcacheError(
           'NO_SPACE',
@@ -454,11 +468,11 @@ export class SshNode implements Node {
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<RemoveOutcome> {
-    return this.request<RemoveOutcome>('remove', {olderThanMs: options.olderThanMs, path}, 'cannot remove', path)
+    return this.ownedRequest<RemoveOutcome>('remove', {olderThanMs: options.olderThanMs, path}, 'cannot remove', path)
   }
 
   async rename(from: string, to: string, options: RenameOptions = {}): Promise<void> {
-    await this.request('rename', {from, noReplace: options.noReplace === true, to}, `cannot rename ${from} to`, to)
+    await this.ownedRequest('rename', {from, noReplace: options.noReplace === true, to}, `cannot rename ${from} to`, to)
   }
 
   /** Forget a connection that failed (the agent and its locks are gone with it): the next use reconnects. */
@@ -471,7 +485,12 @@ export class SshNode implements Node {
 
   async run(argv: string[], options: RunOptions = {}): Promise<RunResult> {
     const env = {LANG: 'C', LC_ALL: 'C', ...options.env}
-    const command = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv]
+    const owner = options.asOwner ? await this.owner() : undefined
+    // As the owner, under umask 022 (RUN_AS_PY), for programs that write under the instances path.
+    const asOwner = options.asOwner
+      ? ['python3', '-c', RUN_AS_PY, String(owner?.uid ?? -1), String(owner?.gid ?? -1)]
+      : []
+    const command = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...asOwner, ...argv]
     const result = await this.exec(command, {
       doing: `running ${argv[0]}`,
       signal: options.signal,
@@ -536,7 +555,7 @@ export class SshNode implements Node {
   }
 
   async supportsDirectIo(dir: string): Promise<boolean> {
-    return this.request<boolean>('direct_io', {dir}, 'cannot probe O_DIRECT in', dir)
+    return this.ownedRequest<boolean>('direct_io', {dir}, 'cannot probe O_DIRECT in', dir)
   }
 
   async syncFile(path: string): Promise<void> {
@@ -547,8 +566,17 @@ export class SshNode implements Node {
     if (paths.length > 0) await this.request('touch', {paths}, 'cannot touch', paths[0] ?? '')
   }
 
+  useInstancesPath(path: string, dirs: string[]): void {
+    this.root = {dirs, path}
+  }
+
   async writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
-    await this.request('write_atomic', {data: Buffer.from(data).toString('base64'), mode, path}, 'cannot write', path)
+    await this.ownedRequest(
+      'write_atomic',
+      {data: Buffer.from(data).toString('base64'), mode, path},
+      'cannot write',
+      path,
+    )
   }
 
   private async agentClient(): Promise<AgentClient> {
@@ -587,6 +615,21 @@ export class SshNode implements Node {
       },
     )
     return this.agent
+  }
+
+  /** The agent, told the instances path: it makes every change under it as the path's owner (DESIGN §10). */
+  private async owned(): Promise<AgentClient> {
+    const agent = await this.agentClient()
+    await agent.own(this.root)
+    return agent
+  }
+
+  private async ownedRequest<T>(op: string, body: Record<string, unknown>, what: string, path: string): Promise<T> {
+    return (await this.owned()).request<T>(op, body, what, path)
+  }
+
+  private async owner(): Promise<CacheOwner | undefined> {
+    return (await this.agentClient()).own(this.root)
   }
 
   private async request<T>(op: string, body: Record<string, unknown>, what: string, path: string): Promise<T> {

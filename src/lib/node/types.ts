@@ -83,6 +83,11 @@ export interface CacheScan {
 }
 
 export interface RunOptions {
+  /**
+   * Run as the owner of the instances path named with `useInstancesPath` (DESIGN §10), under umask
+   * 022: for programs that write under it (qemu-img convert, create), so what they make is nova's.
+   */
+  asOwner?: boolean
   /** Environment additions for the command (never secrets: they would reach the process table). */
   env?: Record<string, string>
   /** Reject with an error when the exit status is not 0 (default true). */
@@ -148,13 +153,21 @@ export interface Node {
   fetchUrl?(request: UrlFetch, options: {onBytes?: (bytes: number) => void; signal?: AbortSignal}): Promise<void>
   /** Whether the node's `ensureDir` / file operations run on this machine. */
   readonly isLocal: boolean
-  /** Take a nova-compatible lock: a POSIX fcntl write lock on `path`, held by a helper process. */
+  /**
+   * Take a nova-compatible lock: a POSIX fcntl write lock on `path`, held by a helper process. The
+   * lock file is opened as the instances path's owner, never through a link, and must be a regular
+   * file (else SafetyError UNSAFE_PATH); one that exists is used as it is.
+   */
   lock(path: string, options: LockOptions): Promise<LockHandle>
   mkdirp(path: string): Promise<void>
   readonly name: string
   /** A readable stream of a file on the node from `offset`. */
   openRead(path: string, offset?: number): Promise<Readable>
-  /** A writable stream into a file on the node; resolves when the file is flushed and fsynced. */
+  /**
+   * A writable stream into a file on the node; resolves when the file is flushed and fsynced. The
+   * file is made (or, with `append`, reopened) as the instances path's owner, never through a link:
+   * a link or a non-regular file at `path` is refused (SafetyError UNSAFE_PATH) before a byte is written.
+   */
   openWrite(path: string, options?: WriteFileOptions): Promise<NodeFileSink>
   /** Read byte ranges of files in one round trip. A range past the end returns fewer bytes. */
   readRanges(ranges: ReadRange[]): Promise<Buffer[]>
@@ -179,8 +192,19 @@ export interface Node {
   supportsDirectIo(dir: string): Promise<boolean>
   /** fsync one file. */
   syncFile(path: string): Promise<void>
-  /** Set atime and mtime to now (the node's clock) on each path, as Nova's touch does. */
+  /**
+   * Set atime and mtime to now (the node's clock) on each path, as Nova's privileged touch does (as
+   * root when imgcache is root: libvirt may have given the base to its qemu user), but on a link
+   * itself, never its target.
+   */
   touch(paths: string[]): Promise<void>
+  /**
+   * Name the instances path this run works under (DESIGN §10), and the directories under it that may
+   * be links (the cache dir, the lock dir, the metadata dir). Checked at the first change: its owner
+   * (numeric uid and gid) becomes the identity every later change under it is made with; a linked
+   * directory is followed only when the link and its target belong to root or to that owner.
+   */
+  useInstancesPath(path: string, dirs: string[]): void
   /** Write a small file atomically (temp + fsync + rename). */
   writeFileAtomic(path: string, data: Buffer | string, mode?: number): Promise<void>
 }
@@ -204,6 +228,20 @@ export interface NodeFileSink {
   /** Call after the last write: ends the stream, fsyncs and reports the bytes in the file. */
   finish(): Promise<number>
   readonly stream: Writable
+}
+
+/** Whose files imgcache makes on a node: the instances path's owner (uid, gid), and who imgcache runs as. */
+export interface CacheOwner {
+  /** imgcache's own effective uid on the node. */
+  euid: number
+  gid: number
+  uid: number
+}
+
+/** What `useInstancesPath` names. */
+export interface InstancesRoot {
+  dirs: string[]
+  path: string
 }
 
 export interface RenameOptions {

@@ -137,7 +137,7 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
         formatDuration(e.ageSeconds),
         usersColumn(e.users),
         pruneColumn(e, now),
-        e.sound ? 'ok' : e.kind === 'unknown' ? '-' : `NO: ${e.problems.join('; ')}`,
+        e.sound ? 'ok' : `NO: ${e.problems.join('; ')}`,
         ...(verified ? [verifyColumn(e)] : []),
       ])
       out.push(
