@@ -12,7 +12,7 @@ import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {sha1} from '../fixtures/nova-host.js'
-import {type CliResult, runCli} from '../helpers/cli.js'
+import {BIN, type CliResult, runCli} from '../helpers/cli.js'
 import {fleetConfig} from '../helpers/fleet.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
 import {type HostUser, novaUser, qemuStandIn, runAs} from '../helpers/nova-user.js'
@@ -276,6 +276,21 @@ describe('links planted by nova in the cache never steer root', () => {
     expect(r.exitCode, r.stdout).toBe(0)
     await expect(lstat(h.final)).rejects.toThrow()
     expect(await fingerprint(h.victim)).toEqual(before)
+  })
+})
+
+describe('who may change a cache', () => {
+  it('a user who is neither root nor the owner gets NOT_OWNER (exit 2) and changes nothing; inspect still works', async () => {
+    const h = await host()
+    const asOther = (args: string[]) =>
+      runAs(other.name, ['node', BIN, ...args, '--instances-path', h.root, '--json'], {env: {IMGCACHE_CONFIG: ''}})
+    const r = await asOther(['populate', raw, '--image-id', h.id, '--checksum', `sha256:${rawSum}`])
+    expect(r.exitCode, r.stdout).toBe(2)
+    expect(r.stdout).toContain('NOT_OWNER')
+    expect(await readdir(h.base)).toEqual([])
+    expect(await readdir(path.dirname(h.lock))).toEqual([])
+    const inspect = await asOther(['inspect'])
+    expect(inspect.exitCode, inspect.stdout).toBe(0)
   })
 })
 
