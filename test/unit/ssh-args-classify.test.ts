@@ -97,6 +97,9 @@ describe('classifySshFailure on captured ssh stderr', () => {
     expect(suggestions.join(' ')).toContain(
       "After verifying it, remove the old key with ssh-keygen -f /tmp/imgc.sWrESg/client/known_hosts -R '[127.0.0.1]:30562'",
     )
+    // OpenSSH refuses a changed key under accept-new too: suggesting it would send the operator nowhere.
+    expect(suggestions.join(' ')).not.toMatch(/or set strictHostKeyChecking: accept-new/)
+    expect(suggestions.join(' ')).toContain('accept-new does not help')
   })
 
   it('tells how to add an unknown key, or to accept new keys for that node', () => {

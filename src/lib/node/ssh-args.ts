@@ -268,7 +268,7 @@ const RULES: Rule[] = [
         message: `the host key of ${host} is not the one recorded${file ? ` in ${file} line ${offending?.[2]}` : ''}: the node was reinstalled or re-keyed, or someone is intercepting the connection`,
         suggestions: [
           `Verify the new key on the node itself (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)${fingerprint ? `; it must show ${fingerprint}` : ''}.`,
-          `After verifying it, remove the old key with ${remove} and add the new one (ssh-keyscan), or set strictHostKeyChecking: accept-new for this node.`,
+          `After verifying it, remove the old key with ${remove} and record the new one (ssh-keyscan, checked against that fingerprint). strictHostKeyChecking: accept-new does not help: OpenSSH refuses a changed key under it too.`,
         ],
       }
     },
