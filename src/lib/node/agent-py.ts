@@ -483,6 +483,9 @@ def on_term(signum, frame):
 
 signal.signal(signal.SIGTERM, on_term)
 signal.signal(signal.SIGHUP, on_term)
+# A terminal's Ctrl-C is imgcache's to handle: it then removes its temporaries and releases its
+# locks through this very agent, which ends when its stdin closes.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 reply({"ready": True, "pid": os.getpid()})
 buf = b""
 while True:

@@ -312,7 +312,9 @@ export class LocalNode implements Node {
 
   /** Locks are held by the same python3 agent SSH nodes run (only its lock operations are used here). */
   private startLockHelper(execa: typeof Execa): AgentClient {
-    const child = execa(localPython(), ['-c', AGENT_PY], {buffer: false, reject: false, stdin: 'pipe'})
+    // Its own process group, as SSH nodes' agents: a terminal's Ctrl-C reaches imgcache only, which
+    // then cleans up through the agent.
+    const child = execa(localPython(), ['-c', AGENT_PY], {buffer: false, detached: true, reject: false, stdin: 'pipe'})
     return new AgentClient(
       {
         exited: child,
