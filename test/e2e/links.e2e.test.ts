@@ -11,7 +11,7 @@ import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {sha1} from '../fixtures/nova-host.js'
+import {DAY, makeNovaHost, sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, runCli} from '../helpers/cli.js'
 import {fleetConfig} from '../helpers/fleet.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
@@ -291,6 +291,26 @@ describe('who may change a cache', () => {
     expect(await readdir(path.dirname(h.lock))).toEqual([])
     const inspect = await asOther(['inspect'])
     expect(inspect.exitCode, inspect.stdout).toBe(0)
+  })
+})
+
+describe('a base libvirt gave to its qemu user', () => {
+  it('is still touched by prune when in use (as Nova does through its privileged helper), never through a link', async () => {
+    const root = path.join(work, 'libvirt-owned')
+    const built = await makeNovaHost(root, {
+      bases: [{age: 3 * DAY, imageId: 'in-use'}],
+      instances: [{dir: 'u1', disks: [{backing: sha1('in-use')}]}],
+    })
+    const base = path.join(built.instancesPath, '_base', sha1('in-use'))
+    await execa('chown', ['-R', `${nova.uid}:${nova.gid}`, built.instancesPath])
+    // libvirt's dynamic ownership: the running instance's backing file belongs to its qemu user.
+    await chown(base, other.uid, other.gid)
+    const before = (await stat(base)).mtimeMs
+    const r = await runCli(['prune', '--instances-path', built.instancesPath, '--json'], {umask: '077'})
+    expect(r.exitCode, r.stdout).toBe(0)
+    const after = await stat(base)
+    expect(after.mtimeMs).toBeGreaterThan(before)
+    expect(after.uid).toBe(other.uid) // touched, not taken back
   })
 })
 
