@@ -272,7 +272,7 @@ beforeAll(async () => {
       made: (host.generated.spec.bases?.length ?? 0) + (host.generated.spec.files?.length ?? 0),
     })
   }
-}, 300_000)
+}, 600_000)
 afterAll(async () => {
   if (root) await rm(root, {force: true, recursive: true})
 })
