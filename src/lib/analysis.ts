@@ -39,6 +39,7 @@ export async function analyzeNode(
   const scan = await node.scan({
     cacheDir: settings.cacheDir,
     cacheHeadBytes: HEAD_BYTES,
+    compareBootFiles: true,
     domainXmlDirs: options.domainXmlDirs ?? DEFAULT_DOMAIN_XML_DIRS,
     headBytes: HEAD_BYTES,
     instancesPath: settings.instancesPath,

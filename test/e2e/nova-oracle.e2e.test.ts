@@ -8,11 +8,20 @@
  * same lock files. The hosts keep to what Nova looks at (each instance's `disk` is backed directly
  * by a cache entry), where imgcache's wider view (every disk, whole chains) must decide the same.
  * They vary: originals, resized copies (several per image), `_sm`, swap and ephemeral templates,
- * files that are not entries, ages either side of both thresholds, kernel ids, volume-backed and
- * rebuilt instances, mid-resize `<uuid>_resize` directories, nova.conf's [image_cache] options
+ * files that are not entries, ages either side of both thresholds, volume-backed and rebuilt
+ * instances, mid-resize `<uuid>_resize` directories, nova.conf's [image_cache] options
  * (remove_unused_base_images = false, other minimum ages), and a damaged instance disk.
+ *
+ * Some instances boot a kernel and a ramdisk. Nova copies `_base/<sha1(kernel_id)>` to
+ * `<instance>/kernel` (and the ramdisk to `<instance>/ramdisk`) and libvirt.xml boots the copies
+ * (virt/libvirt/driver.py `_create_image`, `_set_guest_for_inst_kernel`); only its database knows
+ * kernel_id and ramdisk_id, which its pass keeps in use. The generated copies are those bytes, whether
+ * the base is still cached or not (an instance migrated here fetches its copies without a base,
+ * `_fetch_instance_kernel_ramdisk`); a few instances boot straight from the cache path instead. One
+ * kernel image has the size and first bytes of another and differs only at its end.
  */
 import {execa} from 'execa'
+import {createHash} from 'node:crypto'
 import {mkdir, mkdtemp, readdir, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -29,6 +38,22 @@ const HOSTS = 30
 /** Ages well clear of the thresholds (1 h resized, 24 h originals): the two runs are seconds apart. */
 const AGES = [0.25 * HOUR, 2 * HOUR, 20 * HOUR, 30 * HOUR, 3 * DAY]
 const IMAGES = ['img-a', 'img-b', 'img-c', 'img-d', 'img-e', 'img-f']
+
+/**
+ * Kernel (aki) and ramdisk (ari) images, each with bytes of its own: aki-3 is aki-1 with its last
+ * bytes changed (same size, same head), so only a comparison of the whole file tells them apart.
+ */
+const KERNELS = ['aki-1', 'aki-2', 'aki-3']
+const RAMDISKS = ['ari-1', 'ari-2']
+
+function bootImageBytes(id: string): Buffer {
+  const seedOf = id === 'aki-3' ? 'aki-1' : id
+  const size = {'aki-1': 48 * 1024, 'aki-2': 40 * 1024, 'ari-1': 96 * 1024, 'ari-2': 80 * 1024}[seedOf] ?? 4096
+  const bytes = Buffer.alloc(size)
+  for (let at = 0; at < size; at += 20) createHash('sha1').update(`${seedOf}:${at}`).digest().copy(bytes, at)
+  if (id === 'aki-3') bytes.fill(0x33, size - 100)
+  return bytes
+}
 
 /** Resized copies Nova names `<sha1>_<bytes>`: several per image exercise its list walk (§2.4). */
 const RESIZED = ['_10737418240', '_21474836480', '_42949672960']
@@ -57,6 +82,10 @@ function generate(seed: number): Generated {
     if (chance(0.1)) bases.push({age: pick(AGES), name: `${sha1(id)}_sm`})
   }
 
+  for (const id of [...KERNELS, ...RAMDISKS]) {
+    if (chance(0.6)) bases.push({age: pick(AGES), content: bootImageBytes(id), imageId: id})
+  }
+
   for (const name of ['swap_512', 'swap_1024', 'ephemeral_1_0706d66', 'ephemeral_20_0706d66']) {
     if (chance(0.5)) bases.push({age: pick(AGES), name})
   }
@@ -76,7 +105,10 @@ function generate(seed: number): Generated {
     const imageId = chance(0.85) ? pick(IMAGES) : undefined
     const swapMb = chance(0.4) ? pick([512, 1024]) : undefined
     const ephemeralGb = chance(0.3) ? pick([1, 20]) : undefined
-    const kernelId = chance(0.15) ? pick(IMAGES) : undefined
+    const kernelId = chance(0.35) ? pick(KERNELS) : undefined
+    const ramdiskId = kernelId && chance(0.7) ? pick(RAMDISKS) : undefined
+    // Booted from copies in the instance dir (what Nova does), or straight from the cache path.
+    const fromCache = kernelId !== undefined && present.has(sha1(kernelId)) && chance(0.2)
     // The root disk's backing file: the image's base or a resized copy of it when present,
     // sometimes another entry (a rebuilt instance), sometimes none (a volume-backed one).
     const candidates = imageId
@@ -89,6 +121,20 @@ function generate(seed: number): Generated {
     if (swapMb && present.has(`swap_${swapMb}`)) disks.push({backing: `swap_${swapMb}`, name: 'disk.swap'})
     if (ephemeralGb && present.has(`ephemeral_${ephemeralGb}_0706d66`))
       disks.push({backing: `ephemeral_${ephemeralGb}_0706d66`, name: 'disk.eph0'})
+    const boot: {initrd?: string; kernel?: string} = {}
+    for (const [id, file, key] of [
+      [kernelId, 'kernel', 'kernel'],
+      [ramdiskId, 'ramdisk', 'initrd'],
+    ] as const) {
+      if (id === undefined) continue
+      if (fromCache && present.has(sha1(id))) {
+        boot[key] = `_base/${sha1(id)}`
+      } else {
+        boot[key] = `${uuid}/${file}`
+        disks.push({content: bootImageBytes(id), name: file})
+      }
+    }
+
     // Mid-resize: the old disk, on the instance's image too, stays in <uuid>_resize, which Nova
     // looks in only in these states (the directory has no libvirt.xml of its own).
     const resizing = candidates.length > 0 && chance(0.2)
@@ -96,8 +142,9 @@ function generate(seed: number): Generated {
     // tell it as much as Nova's database does when the disk is on the instance's image and no
     // kernel is named (otherwise only the database knows).
     const damagedHere = seed % 7 === 0 && i === 0 && disks[0] !== undefined && disks[0].name === undefined
-    const described = rebuilt || damagedHere || kernelId !== undefined || !chance(0.2)
-    const metadata = described ? {ephemeralGb, imageId, kernelId, name, swapMb, uuid} : undefined
+    // Without libvirt.xml, a kernel booted from the cache path is known to Nova's database alone.
+    const described = rebuilt || damagedHere || fromCache || !chance(0.2)
+    const metadata = described ? {ephemeralGb, imageId, name, swapMb, uuid, ...boot} : undefined
     instances.push({dir: uuid, disks, metadata})
     if (resizing) instances.push({dir: `${uuid}_resize`, disks: [{backing: pick(candidates)}]})
     if (damagedHere) disks[0] = {content: DAMAGED_QCOW2}
@@ -106,6 +153,7 @@ function generate(seed: number): Generated {
       image_ref: imageId ?? '',
       kernel_id: kernelId,
       name,
+      ramdisk_id: ramdiskId,
       swap_mb: swapMb,
       task_state: resizing ? 'resize_migrated' : undefined,
       uuid,
@@ -114,12 +162,26 @@ function generate(seed: number): Generated {
 
   // Lock files of some entries, as earlier downloads leave them.
   const locks = [...present].filter(() => chance(0.3)).map((n) => `nova-${n}`)
-  const damaged = instances.some((i) => i.disks?.some((d) => d.content !== undefined))
+  const damaged = instances.some((i) => i.disks?.some((d) => d.content === DAMAGED_QCOW2))
   const conf: Generated['conf'] = {}
   if (chance(0.2)) conf.remove_unused_base_images = false
   if (chance(0.3)) conf.remove_unused_original_minimum_age_seconds = pick([10 * HOUR, 2 * DAY])
   if (chance(0.3)) conf.remove_unused_resized_minimum_age_seconds = pick([HOUR / 2, 10 * HOUR])
   return {conf, damaged, instances: records, spec: {bases, files, instances, locks}}
+}
+
+/** Whether the instance's directory holds a copy of its kernel (or ramdisk) whose base is cached. */
+function bootsCopy(g: Generated, instance: Generated['instances'][number], file: 'kernel' | 'ramdisk'): boolean {
+  const id = instance[file === 'kernel' ? 'kernel_id' : 'ramdisk_id']
+  if (typeof id !== 'string' || !g.spec.bases?.some((b) => b.imageId === id)) return false
+  const dir = g.spec.instances?.find((i) => i.dir === instance.uuid)
+  return dir?.disks?.some((d) => d.name === file) ?? false
+}
+
+/** JSON.stringify's replacer for failure messages: file contents as their length. */
+function shortBytes(_key: string, value: unknown): unknown {
+  const v = value as undefined | {data?: unknown; type?: unknown}
+  return v?.type === 'Buffer' && Array.isArray(v.data) ? `<${v.data.length} bytes>` : value
 }
 
 interface After {
@@ -216,7 +278,7 @@ beforeAll(async () => {
       made: (host.generated.spec.bases?.length ?? 0) + (host.generated.spec.files?.length ?? 0),
     })
   }
-}, 300_000)
+}, 600_000)
 afterAll(async () => {
   if (root) await rm(root, {force: true, recursive: true})
 })
@@ -226,7 +288,7 @@ describe('imgcache prune decides as nova-compute does (its own code, on the same
     'generated host %i: the same entries kept, the same touched, the same lock files left',
     (seed) => {
       const outcome = outcomes.get(seed)!
-      expect(outcome.actual, JSON.stringify(outcome.generated, null, 1)).toEqual(outcome.expected)
+      expect(outcome.actual, JSON.stringify(outcome.generated, shortBytes, 1)).toEqual(outcome.expected)
     },
   )
 
@@ -260,6 +322,27 @@ describe('imgcache prune decides as nova-compute does (its own code, on the same
           const fps = (g.spec.bases ?? []).map((b) => b.name ?? '').filter((n) => /^[\da-f]{40}_\d+$/.test(n))
           return new Set(fps.map((n) => n.slice(0, 40))).size < fps.length
         }) > 0,
-    }).toEqual({damaged: true, keepAll: true, minAges: true, resizing: true, severalResized: true, undescribed: true})
+      // Kernels and ramdisks booted from copies whose base is cached, from the cache path itself, and
+      // a copy of one of the two kernels that differ only in their last bytes, both cached.
+      bootCopies: hosts((g) => g.instances.some((i) => i.kernel_id !== undefined && bootsCopy(g, i, 'kernel'))) > 0,
+      bootFromCache: hosts((g) => g.spec.instances?.some((i) => i.metadata?.kernel?.startsWith('_base/')) ?? false) > 0,
+      lookalike:
+        hosts((g) => {
+          const cached = new Set((g.spec.bases ?? []).map((b) => b.imageId))
+          return cached.has('aki-1') && cached.has('aki-3') && g.instances.some((i) => bootsCopy(g, i, 'kernel'))
+        }) > 0,
+      ramdiskCopies: hosts((g) => g.instances.some((i) => bootsCopy(g, i, 'ramdisk'))) > 0,
+    }).toEqual({
+      bootCopies: true,
+      bootFromCache: true,
+      damaged: true,
+      keepAll: true,
+      lookalike: true,
+      minAges: true,
+      ramdiskCopies: true,
+      resizing: true,
+      severalResized: true,
+      undescribed: true,
+    })
   })
 })

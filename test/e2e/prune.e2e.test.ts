@@ -368,6 +368,42 @@ describe('imgcache inspect (e2e, bin/run.js)', () => {
     expect(text.stdout).toContain('→ imgcache prune --dry-run shows what prune would remove')
   })
 
+  it("shows an instance booting Nova's copies of a kernel and ramdisk as their bases' user; prune keeps them", async () => {
+    const kernel = Buffer.alloc(200_000, 'vmlinuz')
+    const ramdisk = Buffer.alloc(300_000, 'initrd')
+    const host = await makeNovaHost(join(root, 'kernels'), {
+      bases: [
+        {age: 10 * DAY, imageId: 'ami'},
+        {age: 10 * DAY, content: kernel, imageId: 'aki'},
+        {age: 10 * DAY, content: ramdisk, imageId: 'ari'},
+        // Another kernel of the same size and first bytes: only its end differs.
+        {age: 10 * DAY, content: Buffer.concat([kernel.subarray(0, -1), Buffer.from('!')]), imageId: 'aki-other'},
+      ],
+      instances: [
+        {
+          dir: 'u-k',
+          disks: [{backing: sha1('ami')}, {content: kernel, name: 'kernel'}, {content: ramdisk, name: 'ramdisk'}],
+          metadata: {imageId: 'ami', initrd: 'u-k/ramdisk', kernel: 'u-k/kernel', name: 'instance-0000000k'},
+        },
+      ],
+    })
+    const r = await runCli(['inspect', '--instances-path', host.instancesPath, '--domain-xml-dir', root, '--json'])
+    expect(r.exitCode).toBe(0)
+    const {entries} = (r.json as {nodes: Array<{entries: Array<{name: string}>}>}).nodes[0]!
+    const byName = Object.fromEntries(entries.map((e) => [e.name, e]))
+    const user = {prune: {outcome: 'in-use'}, usedVia: ['boot'], users: ['u-k (instance-0000000k)']}
+    expect(byName[sha1('aki')]).toMatchObject(user)
+    expect(byName[sha1('ari')]).toMatchObject(user)
+    expect(byName[sha1('aki-other')]).toMatchObject({prune: {outcome: 'removed'}, users: []})
+    const text = await runCli(['inspect', '--instances-path', host.instancesPath, '--domain-xml-dir', root])
+    const row = text.stdout.split('\n').find((l) => l.startsWith(sha1('aki')))
+    expect(row).toContain('instance-0000000k')
+
+    const pruned = await runCli(['prune', '--instances-path', host.instancesPath, '--domain-xml-dir', root, '--json'])
+    expect(pruned.exitCode).toBe(0)
+    expect((await readdir(host.cacheDir)).sort()).toEqual([sha1('ami'), sha1('aki'), sha1('ari')].sort())
+  })
+
   it('IMGCACHE_CONTENT_TYPE=json works like --json', async () => {
     const host = await makeNovaHost(join(root, 'ct'), {bases: [{age: 1, imageId: 'a'}]})
     const r = await runCli(['inspect', '--instances-path', host.instancesPath], {env: {IMGCACHE_CONTENT_TYPE: 'json'}})

@@ -30,11 +30,16 @@ function sshNode(name: string): SshNode {
 describe('an SSH node runs the same operations as the local host', () => {
   it('scans exactly as the local scan does, in at most 3 round trips', async () => {
     const root = nodes.node('node1').instancesPath.replace(/\/instances$/, '')
+    // A kernel, a look-alike (same size, same head, another end) and a ramdisk whose base is gone.
+    const kernel = Buffer.alloc(300_000, 'vmlinuz')
+    const lookalike = Buffer.concat([kernel.subarray(0, -1), Buffer.from('!')])
     const host = await makeNovaHost(root, {
       bases: [
         {age: 3 * DAY, imageId: 'a'},
         {age: 2 * HOUR, imageId: 'b'},
         {age: DAY, content: 's', name: 'swap_512'},
+        {age: 3 * DAY, content: kernel, imageId: 'aki'},
+        {age: 3 * DAY, content: lookalike, imageId: 'aki-lookalike'},
       ],
       files: [
         {age: 2 * DAY, name: `${sha1('c')}.part`},
@@ -47,6 +52,15 @@ describe('an SSH node runs the same operations as the local host', () => {
           metadata: {imageId: 'a', swapMb: 512},
         },
         {dir: 'u2', disks: [{backing: sha1('b'), relative: true}]},
+        {
+          dir: 'u3',
+          disks: [
+            {backing: sha1('a')},
+            {content: kernel, name: 'kernel'},
+            {content: Buffer.alloc(5000, 'initrd'), name: 'ramdisk'},
+          ],
+          metadata: {imageId: 'a', initrd: 'u3/ramdisk', kernel: 'u3/kernel'},
+        },
       ],
     })
     // An overlay's leftover, and a file that only looks like one: both scans report the first alone.
@@ -60,17 +74,25 @@ describe('an SSH node runs the same operations as the local host', () => {
       const request = {
         cacheDir: host.cacheDir,
         cacheHeadBytes: 4096,
+        compareBootFiles: true,
         domainXmlDirs: [],
         headBytes: 4096,
         instancesPath: host.instancesPath,
         lockDir: host.lockDir,
       }
       const [a, b] = await Promise.all([local.scan(request), remote.scan(request)])
-      const normalize = (s: typeof a) => ({...s, now: 0})
+      // Free space moves between the two scans on a shared disk: the file system is the same one.
+      const normalize = (s: typeof a) => ({...s, fs: s.fs && {...s.fs, available: s.fs.available > 0}, now: 0})
       expect(normalize(b)).toEqual(normalize(a))
       expect(a.instanceDirs.find((d) => d.name === 'u2')?.temporaries).toEqual([
         {mtimeMs: expect.any(Number), name: '.disk.local.imgcache-0123abcd.tmp', size: 3},
       ])
+      // The kernel copy and the two cache files of its size and head were hashed, nothing else.
+      const digests = (s: typeof a) => [
+        ...s.cacheDir.entries.filter((e) => e.digest).map((e) => e.name),
+        ...s.instanceDirs.flatMap((d) => d.disks.filter((k) => k.digest).map((k) => `${d.name}/${k.name}`)),
+      ]
+      expect(digests(b).sort()).toEqual([sha1('aki'), sha1('aki-lookalike'), 'u3/kernel'].sort())
       const analysis = await analyzeNode(remote, await settingsOf(remote), {domainXmlDirs: []})
       expect(analysis.roundTrips).toBeLessThanOrEqual(3)
       const localView = buildInspectResult(await analyzeNode(local, await settingsOf(local), {domainXmlDirs: []}))
@@ -78,6 +100,14 @@ describe('an SSH node runs the same operations as the local host', () => {
       expect(remoteView.entries.map((e) => [e.name, e.prune.outcome, e.users])).toEqual(
         localView.entries.map((e) => [e.name, e.prune.outcome, e.users]),
       )
+      // inspect names the instance booting the copy as a user of its base, and of no look-alike.
+      const row = (name: string) => remoteView.entries.find((e) => e.name === name)
+      expect(row(sha1('aki'))).toMatchObject({
+        prune: {outcome: 'in-use'},
+        usedVia: ['boot'],
+        users: ['u3 (instance-00000001)'],
+      })
+      expect(row(sha1('aki-lookalike'))).toMatchObject({prune: {outcome: 'removed'}, users: []})
     } finally {
       await remote.close()
       await local.close()

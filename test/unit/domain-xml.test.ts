@@ -13,6 +13,7 @@ describe('libvirt domain XML written by Nova', () => {
       ),
     )
     expect(info).toEqual({
+      bootSources: [],
       diskSources: ['/var/lib/nova/instances/u-1/disk'],
       ephemeralGb: 4,
       imageIds: ['img-1', 'k-1', 'r-1'],
@@ -29,7 +30,22 @@ describe('libvirt domain XML written by Nova', () => {
   it('reads the kernel and initrd paths and namespaced metadata of any version', () => {
     const xml = `<domain><uuid>u</uuid><name>n</name><metadata><nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.0"><nova:root type="image" uuid="abc"/></nova:instance></metadata>
       <os><kernel>/i/_base/k</kernel><initrd>/i/_base/r</initrd></os></domain>`
-    expect(parseDomainXml(xml)).toMatchObject({diskSources: ['/i/_base/k', '/i/_base/r'], imageIds: ['abc']})
+    expect(parseDomainXml(xml)).toMatchObject({
+      bootSources: ['/i/_base/k', '/i/_base/r'],
+      diskSources: [],
+      imageIds: ['abc'],
+    })
+  })
+
+  it("reads the kernel and initrd Nova boots from the instance's copies, apart from its disks", () => {
+    const info = parseDomainXml(
+      libvirtXml({imageId: 'ami-1', initrd: 'u-3/ramdisk', kernel: 'u-3/kernel'}, 'u-3', '/srv/i'),
+    )
+    expect(info).toMatchObject({
+      bootSources: ['/srv/i/u-3/kernel', '/srv/i/u-3/ramdisk'],
+      diskSources: ['/var/lib/nova/instances/u-3/disk'],
+      imageIds: ['ami-1'],
+    })
   })
 
   it('refuses text that is not a domain', () => {
@@ -282,6 +298,10 @@ describe('the fast path for simple documents reads what fast-xml-parser reads', 
       'u-1',
     ),
     'fixture, volume-backed': libvirtXml({}, 'u-2'),
+    'fixture, kernel and ramdisk copies': libvirtXml(
+      {imageId: 'ami-1', initrd: 'u-3/ramdisk', kernel: 'u-3/kernel'},
+      'u-3',
+    ),
     'libvirt /etc/libvirt/qemu file': LIBVIRT_QEMU_XML,
     'Nova libvirt.xml': NOVA_LIBVIRT_XML,
   }
@@ -293,6 +313,7 @@ describe('the fast path for simple documents reads what fast-xml-parser reads', 
 
   it('reads every field of a real Nova libvirt.xml', () => {
     expect(parseDomainXml(NOVA_LIBVIRT_XML)).toStrictEqual({
+      bootSources: [],
       diskSources: [
         '/var/lib/nova/instances/8d2b1f7c-7b9e-4c53-9d1e-0c3a4f5b6a7d/disk',
         '/var/lib/nova/instances/8d2b1f7c-7b9e-4c53-9d1e-0c3a4f5b6a7d/disk.eph0',

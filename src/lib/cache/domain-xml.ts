@@ -2,11 +2,20 @@ import {XMLParser} from 'fast-xml-parser'
 
 /** What a libvirt domain definition written by Nova says about the instance's images. */
 export interface DomainInfo {
-  /** Files the domain's disks, kernel and initrd point at. */
+  /**
+   * The kernel and initrd the domain boots (`<os><kernel>`, `<os><initrd>`): on a Nova host, copies
+   * in the instance directory (virt/libvirt/driver.py `_set_guest_for_inst_kernel`).
+   */
+  bootSources: string[]
+  /** Files the domain's disks point at. */
   diskSources: string[]
   /** Flavor ephemeral size in GiB (`<nova:flavor><nova:ephemeral>`). */
   ephemeralGb?: number
-  /** Image ids: the root image (`<nova:root type="image" uuid=...>`), and kernel/ramdisk where named. */
+  /**
+   * Image ids: the root image (`<nova:root type="image" uuid=...>`), and kernel/ramdisk where a
+   * `<nova:kernel>`/`<nova:ramdisk>` element names them (Nova itself writes neither: its database
+   * holds kernel_id and ramdisk_id, and usage.ts tells its copies of them by their bytes).
+   */
   imageIds: string[]
   name?: string
   /** Flavor swap size in MiB (`<nova:flavor><nova:swap>`). */
@@ -220,7 +229,7 @@ export function readSimpleXml(xml: string): undefined | XmlNode {
 function domainInfoOf(doc: undefined | XmlNode): DomainInfo {
   const domain = obj(doc?.domain)
   if (!domain) throw new Error('not a libvirt domain definition (no <domain> element)')
-  const info: DomainInfo = {diskSources: [], imageIds: []}
+  const info: DomainInfo = {bootSources: [], diskSources: [], imageIds: []}
   info.uuid = text(domain.uuid)
   info.name = text(domain.name)
   const instance = obj(obj(domain.metadata)?.instance)
@@ -245,7 +254,7 @@ function domainInfoOf(doc: undefined | XmlNode): DomainInfo {
   const os = obj(domain.os)
   for (const tag of ['kernel', 'initrd']) {
     const path = text(os?.[tag])
-    if (path) info.diskSources.push(path)
+    if (path) info.bootSources.push(path)
   }
 
   for (const disk of list(obj(domain.devices)?.disk)) {

@@ -30,3 +30,18 @@ export function overlayTemporaryName(diskName: string, hex: string): string {
 }
 
 export const OVERLAY_TEMPORARY = /^\..+\.imgcache-[\da-f]{8}\.tmp$/
+
+/**
+ * The files an instance boots that Nova copies out of the cache into the instance directory:
+ * `kernel` and `ramdisk` (virt/libvirt/driver.py `_create_image` caches `<sha1(kernel_id)>` and
+ * copies it there with the raw backend's `cp`; `_set_guest_for_inst_kernel` boots the copies), and
+ * their rescue twins (`_set_guest_for_rescue`). Each is a byte-for-byte copy of a cache original.
+ */
+export const BOOT_FILE_NAMES: readonly string[] = ['kernel', 'kernel.rescue', 'ramdisk', 'ramdisk.rescue']
+
+export function isBootFileName(name: string): boolean {
+  return BOOT_FILE_NAMES.includes(name)
+}
+
+/** The digest a scan compares boot files with cache entries by (both sides hashed on the node). */
+export const BOOT_DIGEST = 'sha256'

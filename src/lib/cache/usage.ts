@@ -5,11 +5,15 @@ import type {CacheScan, EntryStat, InstanceDirScan} from '../node/types.js'
 import {childPath} from '../paths.js'
 import {classifyNova, resizedVariantOf} from './classify.js'
 import {type DomainInfo, parseDomainXml} from './domain-xml.js'
-import {cacheName} from './naming.js'
+import {BOOT_FILE_NAMES, cacheName, isBootFileName} from './naming.js'
 import {backingPath, DiskHeaderError, parseDiskHeader, type Qcow2Header} from './qcow2-header.js'
 
-/** How an instance reaches a cache entry. */
-export type UseVia = 'backing' | 'domain' | 'flavor' | 'image'
+/**
+ * How an instance reaches a cache entry: a disk's backing chain, a disk of its domain, its flavor
+ * (swap, ephemeral), an image id in its metadata, or the kernel or ramdisk it boots (`boot`: from
+ * the cache path, or from Nova's copy in the instance directory, told by its bytes).
+ */
+export type UseVia = 'backing' | 'boot' | 'domain' | 'flavor' | 'image'
 
 export interface EntryUse {
   /** Labels of the instances that use the entry. */
@@ -184,6 +188,41 @@ interface DomainFile {
   path: string
 }
 
+/** What an instance's kernel and ramdisk keep in use. */
+interface BootUse {
+  /** Originals: marked as Nova marks the bases of kernel_id and ramdisk_id (touched, variants too). */
+  fingerprints: string[]
+  /** Other cache entries booted, and candidates that could not be read to compare: kept, untouched. */
+  others: string[]
+}
+
+/**
+ * Cache files by size and digest (the scan hashed those a boot file could copy), and by size those
+ * it could not hash: a boot file of that size may copy any of them.
+ */
+function bootCandidates(entries: EntryStat[], isCacheFile: (name: string) => boolean) {
+  const byDigest = new Map<string, string[]>()
+  const unhashed = new Map<number, string[]>()
+  const add = <K>(map: Map<K, string[]>, key: K, name: string) => {
+    const names = map.get(key)
+    if (names) names.push(name)
+    else map.set(key, [name])
+  }
+
+  for (const e of entries) {
+    if (!isCacheFile(e.name)) continue
+    if (e.digest !== undefined) add(byDigest, `${e.size}:${e.digest}`, e.name)
+    else if (e.digestError !== undefined) add(unhashed, e.size, e.name)
+  }
+
+  return {
+    /** The cache files a boot file (size and digest) is a copy of, and those it may be a copy of. */
+    of(size: number, digest: string): {copies: string[]; maybe: string[]} {
+      return {copies: byDigest.get(`${size}:${digest}`) ?? [], maybe: unhashed.get(size) ?? []}
+    },
+  }
+}
+
 /**
  * The domain files by uuid and by name: `match` answers what `domains.find((d) => d.info.uuid === key
  * || d.info.name === key)` would, without walking every file for every instance directory.
@@ -338,6 +377,47 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
   }
 
   const inCache = (path: string) => posix.dirname(path) === settings.cacheDir
+  const candidates = bootCandidates(scan.cacheDir.entries, isCacheFile)
+
+  /**
+   * The cache entries an instance's kernel and ramdisk keep in use. Nova keeps the bases of its
+   * kernel_id and ramdisk_id (virt/imagecache.py `_list_running_instances`), ids only its database
+   * holds: libvirt.xml boots copies of those bases in the instance directory (virt/libvirt/driver.py
+   * `_create_image`, `_set_guest_for_inst_kernel`). A copy is matched to its base by its bytes (same
+   * size, same SHA-256, both hashed by the scan on the node); a boot path into the cache names its
+   * entry directly.
+   */
+  const bootUseOf = (dir: InstanceDirScan | undefined, domain: DomainInfo | undefined): BootUse => {
+    const boot: BootUse = {fingerprints: [], others: []}
+    const add = (name: string) => {
+      if (classifyNova(name, true) === 'original') boot.fingerprints.push(name)
+      else if (entries.has(name)) boot.others.push(name)
+    }
+
+    for (const path of domain?.bootSources ?? []) {
+      if (inCache(path)) {
+        add(posix.basename(path))
+      } else if (
+        dir &&
+        !isBootFileName(posix.basename(path)) &&
+        posix.dirname(path) === posix.join(settings.instancesPath, dir.name)
+      ) {
+        report.metadataWarnings.push({
+          path: posix.join(settings.instancesPath, dir.name, 'libvirt.xml'),
+          reason: `it boots ${path}, which is neither in the cache dir nor one of Nova's copies (${BOOT_FILE_NAMES.join(', ')}): not compared with the cache`,
+        })
+      }
+    }
+
+    for (const disk of dir?.disks ?? []) {
+      if (!isBootFileName(disk.name) || disk.digest === undefined || disk.size === undefined) continue
+      const {copies, maybe} = candidates.of(disk.size, disk.digest)
+      for (const name of copies) add(name)
+      for (const name of maybe) if (!boot.others.includes(name)) boot.others.push(name)
+    }
+
+    return boot
+  }
 
   const domains: DomainFile[] = []
   for (const file of scan.domainXml) {
@@ -351,7 +431,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
   // Phase 1: every instance, its metadata and its disks' backing chains.
   const domainsByKey = domainIndex(domains)
   const matched = new Set<string>()
-  const views: Array<{domain?: DomainInfo; firstBacking: string[]; view: InstanceView}> = []
+  const views: Array<{boot: BootUse; domain?: DomainInfo; firstBacking: string[]; view: InstanceView}> = []
   for (const dir of scan.instanceDirs) {
     if (!isInstanceDirName(dir.name, cacheDirName)) continue
     const dirPath = childPath(settings.instancesPath, dir.name)
@@ -416,7 +496,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     }
 
     report.instances.push(view)
-    views.push({domain, firstBacking, view})
+    views.push({boot: bootUseOf(dir, domain), domain, firstBacking, view})
   }
 
   for (const d of domains) {
@@ -432,7 +512,7 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
       uuid: d.info.uuid,
     }
     report.instances.push(view)
-    views.push({domain: d.info, firstBacking: [], view})
+    views.push({boot: bootUseOf(undefined, d.info), domain: d.info, firstBacking: [], view})
   }
 
   // Phase 2: image ids, in instance order, as Nova marks its used images (touching them).
@@ -448,27 +528,32 @@ export function computeUsage(scan: CacheScan, index: HeaderIndex, settings: Usag
     return fp
   }
 
-  for (const {view} of views) {
-    const fingerprints = view.imageIds.map((id) => fingerprint(id))
+  // Each instance's image, then its kernel and ramdisk: the order of Nova's image_ref, kernel_id,
+  // ramdisk_id (its walk of resized names depends on the order images are marked in).
+  for (const {boot, view} of views) {
+    const fingerprints = new Map<string, UseVia>()
+    const via = view.metadata === 'none' ? 'backing' : 'image'
+    for (const id of view.imageIds) fingerprints.set(fingerprint(id), via)
     if (view.metadata === 'none') {
       for (const disk of view.disks) {
         for (const member of disk.backingChain) {
           if (!inCache(member)) continue
           const name = posix.basename(member)
           const kind = classifyNova(name, isCacheFile(name))
-          if (kind === 'original') fingerprints.push(name)
-          else if (kind === 'resized') fingerprints.push(name.slice(0, 40))
+          if (kind === 'original' && !fingerprints.has(name)) fingerprints.set(name, via)
+          else if (kind === 'resized' && !fingerprints.has(name.slice(0, 40))) fingerprints.set(name.slice(0, 40), via)
           else if (kind === 'swap' || kind === 'ephemeral') use(name, view.label, 'backing', true)
         }
       }
     }
 
-    for (const fp of new Set(fingerprints))
-      useFingerprint(fp, view.label, view.metadata === 'none' ? 'backing' : 'image')
+    for (const fp of boot.fingerprints) if (!fingerprints.has(fp)) fingerprints.set(fp, 'boot')
+    for (const [fp, how] of fingerprints) useFingerprint(fp, view.label, how)
   }
 
   // Phase 3: backing files (not touched, as Nova's backing pass), flavor templates, domain disks.
-  for (const {domain, firstBacking, view} of views) {
+  for (const {boot, domain, firstBacking, view} of views) {
+    for (const name of boot.others) use(name, view.label, 'boot', false)
     // Nova's own rule: the basename of each disk's first backing file, in the local cache dir.
     for (const base of firstBacking) if (entries.has(base)) use(base, view.label, 'backing', false)
     for (const disk of view.disks) {

@@ -181,8 +181,48 @@ def head(p, n):
 def b64(b):
     return base64.b64encode(b).decode("ascii")
 
+# naming.ts BOOT_FILE_NAMES: the kernel and ramdisk copies Nova makes in an instance directory.
+BOOT = ("kernel", "kernel.rescue", "ramdisk", "ramdisk.rescue")
+
 def is_disk(n):
-    return n in ("disk", "kernel", "ramdisk") or (n.startswith("disk.") and not n.startswith("disk.info"))
+    return n == "disk" or n in BOOT or (n.startswith("disk.") and not n.startswith("disk.info"))
+
+def sha256_file(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b: break
+            h.update(b)
+    return h.hexdigest()
+
+def compare_boot(q, out, boots, heads):
+    # local-scan.ts compareBootFiles: hash a boot file only when a cache file has its size and first
+    # bytes (as far as both heads go), and each such cache file once.
+    by_size = {}
+    for e in out["cacheDir"]["entries"]:
+        # Regular files only: nothing in a cache dir is read through a link (DESIGN §10).
+        if e["type"] == "file" and e["size"] > 0:
+            by_size.setdefault(e["size"], []).append(e)
+    hashed = set()
+    for fp, disk, h in boots:
+        cands = []
+        for e in by_size.get(disk["size"], []):
+            c = heads.get(e["name"])
+            n = min(len(h), len(c)) if c is not None else 0
+            if c is None or h[:n] == c[:n]: cands.append(e)
+        if not cands: continue
+        try:
+            disk["digest"] = sha256_file(fp)
+        except OSError as e:
+            disk.pop("head", None); disk.pop("size", None)
+            disk["error"] = "cannot read: %s" % (e.strerror or e); disk["errorCode"] = ecode(e)
+            continue
+        for e in cands:
+            if e["name"] in hashed: continue
+            hashed.add(e["name"])
+            try: e["digest"] = sha256_file(os.path.join(q["cacheDir"], e["name"]))
+            except OSError as x: e["digestError"] = x.strerror or str(x)
 
 def is_overlay_tmp(n):
     # naming.ts OVERLAY_TEMPORARY: .<disk>.imgcache-<8 hex>.tmp
@@ -213,6 +253,8 @@ def scan(q):
         out["instancesPath"] = {"error": e.strerror or str(e), "errorCode": ecode(e), "exists": False}
         return out
     dirs = []
+    boots = []
+    heads = {}
     for d in top:
         if not d.is_dir(follow_symlinks=False) or os.path.join(ip, d.name) == cd: continue
         r = {"disks": [], "name": d.name}
@@ -234,6 +276,7 @@ def scan(q):
                 disk = {"name": f.name}
                 try:
                     h, size = head(fp, q["headBytes"]); disk["head"] = b64(h); disk["size"] = size
+                    if f.name in BOOT: boots.append((fp, disk, h))
                 except OSError as e:
                     disk["error"] = "cannot read: %s" % (e.strerror or e); disk["errorCode"] = ecode(e)
                 r["disks"].append(disk)
@@ -256,9 +299,11 @@ def scan(q):
         except OSError:
             continue
         if q["cacheHeadBytes"] > 0 and e["type"] == "file":
-            try: e["head"] = b64(head(os.path.join(cd, n), q["cacheHeadBytes"])[0])
+            try:
+                h = head(os.path.join(cd, n), q["cacheHeadBytes"])[0]; e["head"] = b64(h); heads[n] = h
             except OSError: pass
         out["cacheDir"]["entries"].append(e)
+    if q.get("compareBootFiles"): compare_boot(q, out, boots, heads)
     sd = os.path.join(cd, ".imgcache")
     try:
         for n in os.listdir(sd):

@@ -1,3 +1,4 @@
+import {createHash} from 'node:crypto'
 import {
   close,
   closeSync,
@@ -18,18 +19,18 @@ import {
   type Stats,
   statSync,
 } from 'node:fs'
-import {lstat, opendir, readdir, readlink, stat, statfs} from 'node:fs/promises'
+import {lstat, opendir, open as openFile, readdir, readlink, stat, statfs} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {CacheScan, DiskHead, EntryStat, FsUsage, InstanceDirScan, ScanRequest} from './types.js'
 
-import {OVERLAY_TEMPORARY} from '../cache/naming.js'
+import {BOOT_DIGEST, isBootFileName, OVERLAY_TEMPORARY} from '../cache/naming.js'
 import {errnoCode} from '../errors.js'
 import {childPath} from '../paths.js'
 
-/** Files of an instance directory that may be disks (Nova's names: reference §1.1). */
+/** Files of an instance directory that may be disks (Nova's names: reference §1.1), or boot files it copies there. */
 export function isDiskName(name: string): boolean {
-  if (name === 'disk' || name === 'kernel' || name === 'ramdisk') return true
+  if (name === 'disk' || isBootFileName(name)) return true
   return name.startsWith('disk.') && !name.startsWith('disk.info')
 }
 
@@ -457,8 +458,82 @@ export async function scanLocal(request: ScanRequest): Promise<CacheScan> {
     scanDomainXml(request, scan),
   ])
   scan.instanceDirs = instanceDirs.sort((a, b) => (a.name < b.name ? -1 : 1))
+  if (request.compareBootFiles) await compareBootFiles(request, scan)
   scan.fs = await fsUsage(scan.cacheDir.exists ? request.cacheDir : request.instancesPath).catch(() => undefined)
   return scan
+}
+
+/** Whether two files of one size may be equal, judged by their first bytes as far as both were read. */
+function sameStart(a: Buffer, b: Buffer | undefined): boolean {
+  if (b === undefined) return true
+  const n = Math.min(a.length, b.length)
+  return a.subarray(0, n).equals(b.subarray(0, n))
+}
+
+/** A file's digest, read in 1 MiB pieces through the thread pool (kernels and ramdisks: megabytes). */
+async function hashFile(path: string): Promise<string> {
+  const hash = createHash(BOOT_DIGEST)
+  const handle = await openFile(path, 'r')
+  try {
+    const buffer = Buffer.allocUnsafe(1024 * 1024)
+    for (;;) {
+      // eslint-disable-next-line no-await-in-loop
+      const {bytesRead} = await handle.read(buffer, 0, buffer.length, null)
+      if (bytesRead === 0) break
+      hash.update(buffer.subarray(0, bytesRead))
+    }
+  } finally {
+    await handle.close()
+  }
+
+  return hash.digest('hex')
+}
+
+/**
+ * Tell which cache files an instance's boot files (the kernel and ramdisk Nova copies into its
+ * directory) are copies of: a boot file is hashed only when a cache file has its size and first
+ * bytes, and each such cache file once. The agent (agent-py.ts) does exactly the same.
+ */
+async function compareBootFiles(request: ScanRequest, scan: CacheScan): Promise<void> {
+  const bySize = new Map<number, EntryStat[]>()
+  for (const entry of scan.cacheDir.entries) {
+    // Regular files only: nothing in a cache dir is read through a link (DESIGN §10).
+    if (entry.type !== 'file' || entry.size === 0) continue
+    const same = bySize.get(entry.size)
+    if (same) same.push(entry)
+    else bySize.set(entry.size, [entry])
+  }
+
+  const hashed = new Set<EntryStat>()
+  for (const dir of scan.instanceDirs) {
+    for (const disk of dir.disks) {
+      if (!isBootFileName(disk.name) || !disk.head || disk.size === undefined) continue
+      const {head} = disk
+      const candidates = (bySize.get(disk.size) ?? []).filter((e) => sameStart(head, e.head))
+      if (candidates.length === 0) continue
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        disk.digest = await hashFile(join(request.instancesPath, dir.name, disk.name))
+      } catch (error) {
+        // Unreadable now: reported as an unreadable disk is (prune then deletes nothing).
+        Object.assign(disk, diskOf(disk.name, {failure: error}))
+        delete disk.head
+        delete disk.size
+        continue
+      }
+
+      for (const entry of candidates) {
+        if (hashed.has(entry)) continue
+        hashed.add(entry)
+        try {
+          // eslint-disable-next-line no-await-in-loop
+          entry.digest = await hashFile(join(request.cacheDir, entry.name))
+        } catch (error) {
+          entry.digestError = message(error)
+        }
+      }
+    }
+  }
 }
 
 async function scanCacheDir(fs: ScanFs, request: ScanRequest, scan: CacheScan): Promise<void> {

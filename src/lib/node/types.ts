@@ -8,6 +8,13 @@ export interface EntryStat {
   ctimeMs?: number
   /** st_dev of the entry (or of its target), to tell which file system it is on. */
   dev?: number
+  /**
+   * SHA-256 of the file, when the scan compared it with an instance's boot file (kernel, ramdisk) of
+   * the same size and first bytes (ScanRequest.compareBootFiles).
+   */
+  digest?: string
+  /** Why the file could not be hashed for that comparison. */
+  digestError?: string
   /** The first bytes of the file, when the scan asked for them (cache entries). */
   head?: Buffer
   mtimeMs: number
@@ -23,6 +30,11 @@ export interface EntryStat {
 
 /** The first bytes of an instance disk, or why they could not be read. */
 export interface DiskHead {
+  /**
+   * SHA-256 of a boot file (naming.ts BOOT_FILE_NAMES), when a cache file has its size and first
+   * bytes (ScanRequest.compareBootFiles): the cache files with the same digest are what it copies.
+   */
+  digest?: string
   error?: string
   errorCode?: string
   /** The first `headBytes` bytes (fewer when the file is shorter). */
@@ -32,7 +44,10 @@ export interface DiskHead {
 }
 
 export interface InstanceDirScan {
-  /** Disk-like files of the directory (`disk`, `disk.*` but not `disk.info*`, `kernel`, `ramdisk`) and their heads. */
+  /**
+   * Disk-like files of the directory (`disk`, `disk.*` but not `disk.info*`) and the boot files
+   * Nova copies there (`kernel`, `ramdisk`, `kernel.rescue`, `ramdisk.rescue`), with their heads.
+   */
   disks: DiskHead[]
   /** Why the directory itself could not be listed. */
   error?: string
@@ -48,6 +63,12 @@ export interface ScanRequest {
   cacheDir: string
   /** Bytes of each regular file in the cache dir to return (0: none). */
   cacheHeadBytes: number
+  /**
+   * Hash each boot file of an instance directory that a cache file could be a copy of (same size,
+   * same first bytes as far as both heads go), and those cache files, in the same pass: the copies
+   * Nova makes of kernels and ramdisks are then told by their bytes, in the one round trip.
+   */
+  compareBootFiles?: boolean
   /** Extra directories whose `*.xml` files are libvirt domain definitions (e.g. /etc/libvirt/qemu). */
   domainXmlDirs: string[]
   /** Bytes of each instance disk to return. */
