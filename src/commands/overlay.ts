@@ -83,7 +83,9 @@ overlay never overwrites DEST and never makes a disk smaller than the image.`,
     const {base, overlay} = outcome.value
     if (!this.jsonEnabled()) {
       this.log(
-        `${overlay.path}: qcow2 over ${overlay.backingFile} (${overlay.backingFormat}${overlay.clusterSize ? `, cluster ${overlay.clusterSize}` : ''}); base ${base.status}`,
+        overlay.kind === 'copy'
+          ? `${overlay.path}: ${overlay.format} copy of ${overlay.copyOf} (the node's backend is flat: Nova copies the base, it does not back a disk with it); base ${base.status}`
+          : `${overlay.path}: qcow2 over ${overlay.backingFile} (${overlay.backingFormat}${overlay.clusterSize ? `, cluster ${overlay.clusterSize}` : ''}); base ${base.status}`,
       )
     }
 

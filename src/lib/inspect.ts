@@ -1,6 +1,7 @@
 import {posix} from 'node:path'
 
 import type {NodeAnalysis} from './analysis.js'
+import type {Backend} from './backend/rules.js'
 import type {EntryKind, PlanItem} from './cache/policy.js'
 import type {DiskProblem} from './cache/usage.js'
 import type {Verification, VerifyTotals} from './verify.js'
@@ -57,11 +58,16 @@ export interface InspectResult {
   node: string
   /** Leftovers of `imgcache overlay` killed before its rename, in instance directories: nothing uses them. */
   overlayTemporaries: Array<{ageSeconds: number; bytes: number; path: string}>
+  /** Nova's storage backend on the node and what the cache means there. */
+  backend: Backend
   settings: {
     cacheDirFrom: string
     instancesPathFrom: string
     minAgeSeconds: number
+    /** The first nova.conf read (kept for older readers of the JSON); all of them in novaConfFiles. */
     novaConf?: string
+    /** Every nova.conf file read, in oslo.config's order (later files win). */
+    novaConfFiles: string[]
     removeUnused: boolean
     resizedMinAgeSeconds: number
   }
@@ -182,6 +188,7 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
     },
     instancesPath: settings.instancesPath,
     locks: {files: lockFiles.length, withoutEntry: lockFiles.filter((n) => !lockNames.has(n)).length},
+    backend: settings.backend,
     metadataWarnings: usage.metadataWarnings,
     node: node.name,
     overlayTemporaries: scan.instanceDirs.flatMap((d) =>
@@ -195,7 +202,8 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
       cacheDirFrom: settings.origins.cacheDir,
       instancesPathFrom: settings.origins.instancesPath,
       minAgeSeconds: settings.policy.originalMinAge,
-      novaConf: settings.novaConf?.found ? settings.novaConf.path : undefined,
+      novaConf: settings.novaConf.files[0],
+      novaConfFiles: settings.novaConf.files,
       removeUnused: settings.policy.removeUnused,
       resizedMinAgeSeconds: settings.policy.resizedMinAge,
     },

@@ -8,6 +8,8 @@ import {basename, dirname, join} from 'node:path'
 
 import type {
   CacheScan,
+  ConfigRead,
+  ConfigReadRequest,
   EntryStat,
   FsUsage,
   LockHandle,
@@ -29,6 +31,7 @@ import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {loadExeca} from './execa-lazy.js'
 import {fsUsage, scanLocal, statEntry} from './local-scan.js'
+import {readConfigLocal} from './read-config.js'
 import {writebackFs} from './writeback.js'
 
 /** Bytes written to a file between two background fdatasyncs (see writebackFs). */
@@ -142,6 +145,10 @@ export class LocalNode implements Node {
         }
       }),
     )
+  }
+
+  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
+    return readConfigLocal(request)
   }
 
   async readTextFile(path: string): Promise<string | undefined> {

@@ -5,6 +5,8 @@ import {finished} from 'node:stream/promises'
 
 import type {
   CacheScan,
+  ConfigRead,
+  ConfigReadRequest,
   EntryStat,
   FsUsage,
   LockHandle,
@@ -447,6 +449,10 @@ export class SshNode implements Node {
     if (ranges.length === 0) return []
     const result = await this.request<string[]>('read_ranges', {ranges}, 'cannot read', ranges[0]?.path ?? '')
     return result.map((b) => Buffer.from(b, 'base64'))
+  }
+
+  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
+    return this.request<ConfigRead>('read_conf', {...request}, 'cannot read', request.files[0] ?? request.dirs[0] ?? '')
   }
 
   async readTextFile(path: string): Promise<string | undefined> {
