@@ -44,6 +44,8 @@ export interface InspectEntry {
 }
 
 export interface InspectResult {
+  /** Nova's storage backend on the node and what the cache means there. */
+  backend: Backend
   cacheDir: string
   cacheDirExists: boolean
   entries: InspectEntry[]
@@ -58,8 +60,6 @@ export interface InspectResult {
   node: string
   /** Leftovers of `imgcache overlay` killed before its rename, in instance directories: nothing uses them. */
   overlayTemporaries: Array<{ageSeconds: number; bytes: number; path: string}>
-  /** Nova's storage backend on the node and what the cache means there. */
-  backend: Backend
   settings: {
     cacheDirFrom: string
     instancesPathFrom: string
@@ -177,6 +177,7 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
   const lockNames = new Set(scan.cacheDir.entries.map((e) => `nova-${e.name}`))
   const lockFiles = scan.lockDir.entries.filter((n) => n.startsWith('nova-') && n !== 'nova-storage-registry-lock')
   return {
+    backend: settings.backend,
     cacheDir: settings.cacheDir,
     cacheDirExists: scan.cacheDir.exists,
     entries,
@@ -188,7 +189,6 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
     },
     instancesPath: settings.instancesPath,
     locks: {files: lockFiles.length, withoutEntry: lockFiles.filter((n) => !lockNames.has(n)).length},
-    backend: settings.backend,
     metadataWarnings: usage.metadataWarnings,
     node: node.name,
     overlayTemporaries: scan.instanceDirs.flatMap((d) =>

@@ -65,7 +65,9 @@ export async function createOverlay(
       {
         field: 'images_type',
         node: node.name,
-        suggestions: ['Use imgcache populate to cache the base for Nova, or run overlay against a qcow2 or raw/flat node.'],
+        suggestions: [
+          'Use imgcache populate to cache the base for Nova, or run overlay against a qcow2 or raw/flat node.',
+        ],
       },
     )
   }

@@ -80,7 +80,8 @@ export function backendItem(
   const decision = cacheDecision(settings.backend, image.record, force)
   if (decision.action === 'cache') return undefined
   const ref = {id: image.record.id, name: image.record.name, ref: image.ref}
-  if (decision.action === 'skip') return {code: decision.code, image: ref, message: decision.reason, node, status: 'skipped'}
+  if (decision.action === 'skip')
+    return {code: decision.code, image: ref, message: decision.reason, node, status: 'skipped'}
   return itemFromError(
     image,
     node,

@@ -110,7 +110,7 @@ export function effectiveBackend(input: BackendInput): Backend {
       const cephConf = input.imagesRbdCephConf ?? DEFAULT_CEPH_CONF
       if (!configuredRaw)
         notes.push(
-          "force_raw_images = False is not allowed with images_type = rbd: nova-compute refuses to start (LibvirtDriver.init_host); imgcache caches raw as Nova requires",
+          'force_raw_images = False is not allowed with images_type = rbd: nova-compute refuses to start (LibvirtDriver.init_host); imgcache caches raw as Nova requires',
         )
       return {
         cache: `images that are clones in the node's Ceph cluster need no cache; others are downloaded here as raw, then imported into pool ${pool}`,
@@ -146,7 +146,10 @@ export function parseRbdUrl(url: string): RbdLocation | undefined {
   if (!url.startsWith(prefix)) return undefined
   let pieces: string[]
   try {
-    pieces = url.slice(prefix.length).split('/').map(decodeURIComponent)
+    pieces = url
+      .slice(prefix.length)
+      .split('/')
+      .map((piece) => decodeURIComponent(piece))
   } catch {
     return undefined
   }
@@ -233,7 +236,7 @@ export function cephConfFsid(text: string): string | undefined {
     }
 
     const eq = line.indexOf('=')
-    if (eq < 0 || section !== 'global') continue
+    if (eq === -1 || section !== 'global') continue
     if (line.slice(0, eq).trim().toLowerCase() === 'fsid') fsid = line.slice(eq + 1).trim() || undefined
   }
 

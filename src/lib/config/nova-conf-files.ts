@@ -47,8 +47,12 @@ function reason(read: TextFileRead | {errorCode?: string}): string {
       return 'it is not a directory'
     }
 
+    case undefined: {
+      return 'unknown error'
+    }
+
     default: {
-      return read.errorCode ?? 'unknown error'
+      return read.errorCode
     }
   }
 }

@@ -17,16 +17,19 @@ export function parseOsloIni(text: string, file: string): OsloSections {
   let section: string | undefined
   let key: string | undefined
   let value: string[] = []
+  let keyLine = 0
+  let keyText = ''
   const fail = (lineno: number, message: string, line: string): UsageError =>
     new UsageError('NOVA_CONF_INVALID', `${file} line ${lineno}: ${message}: ${JSON.stringify(line)}`, {
       file,
       suggestions: [`Fix ${file}: nova-compute refuses to start with this file too.`],
     })
-  const flush = (lineno: number, line: string): void => {
+  const flush = (): void => {
     if (key === undefined) return
-    if (section === undefined) throw fail(lineno, 'an option before any [section] header', line)
-    const group = (sections[section] ??= {})
-    ;(group[key] ??= []).push(value.join('\n'))
+    if (section === undefined) throw fail(keyLine, 'an option before any [section] header', keyText)
+    const group = sections[section] ?? {}
+    sections[section] = group
+    group[key] = [...(group[key] ?? []), value.join('\n')]
     key = undefined
     value = []
   }
@@ -36,7 +39,7 @@ export function parseOsloIni(text: string, file: string): OsloSections {
     const lineno = index + 1
     const line = raw.trimEnd()
     if (!line) {
-      flush(lineno, raw)
+      flush()
       continue
     }
 
@@ -46,7 +49,7 @@ export function parseOsloIni(text: string, file: string): OsloSections {
       continue
     }
 
-    flush(lineno, line)
+    flush()
     if (line.startsWith('[')) {
       if (!line.endsWith(']')) throw fail(lineno, 'a section header that does not end with ]', line)
       if (line.length <= 2) throw fail(lineno, 'an empty section name', line)
@@ -58,16 +61,18 @@ export function parseOsloIni(text: string, file: string): OsloSections {
     } else {
       const colon = line.indexOf(':')
       const equal = line.indexOf('=')
-      if (colon < 0 && equal < 0) throw fail(lineno, "no '=' or ':' in an assignment", line)
-      const at = colon < 0 || (equal >= 0 && equal < colon) ? equal : colon
+      if (colon === -1 && equal === -1) throw fail(lineno, "no '=' or ':' in an assignment", line)
+      const at = colon === -1 || (equal !== -1 && equal < colon) ? equal : colon
       key = line.slice(0, at).trim()
       if (!key) throw fail(lineno, 'an empty option name', line)
       let v = line.slice(at + 1).trim()
       if (v.length > 0 && v[0] === v.at(-1) && (v[0] === '"' || v[0] === "'")) v = v.slice(1, -1)
       value = [v]
+      keyLine = lineno
+      keyText = line
     }
   }
 
-  flush(lines.length, lines.at(-1) ?? '')
+  flush()
   return sections
 }

@@ -7,7 +7,7 @@ import type {ImgcacheConfig, NodeConfig} from './schema.js'
 import {type Backend, cephConfFsid, DEFAULT_CEPH_CONF, effectiveBackend} from '../backend/rules.js'
 import {ephemeralExtension} from '../cache/naming.js'
 import {ImgcacheError, UsageError} from '../errors.js'
-import {type NovaConfSelection, novaConfRequest, orderNovaConf} from './nova-conf-files.js'
+import {novaConfRequest, type NovaConfSelection, orderNovaConf} from './nova-conf-files.js'
 import {NOVA_DEFAULTS, type NovaConf, parseNovaConfFiles} from './nova-conf.js'
 
 /** The node's backend: nova.conf's choice, with the fsid of the Ceph cluster an rbd node uses. */
@@ -56,6 +56,8 @@ export type Origin = 'config' | 'default' | 'flag' | 'nova.conf'
 
 /** Everything that decides where a node's cache is and how it is cleaned, and where each value came from. */
 export interface CacheSettings {
+  /** Nova's storage backend on this node, and what the cache means there. */
+  backend: Backend
   /** Absolute path of the cache dir. */
   cacheDir: string
   cacheDirName: string
@@ -64,8 +66,6 @@ export interface CacheSettings {
   forceRaw: boolean
   instancesPath: string
   lockDir: string
-  /** Nova's storage backend on this node, and what the cache means there. */
-  backend: Backend
   /** The nova.conf files read for this node, in oslo.config's order (later files win). */
   novaConf: {files: string[]}
   origins: {cacheDir: Origin; instancesPath: Origin; minAge: Origin; removeUnused: Origin; resizedMinAge: Origin}
@@ -165,6 +165,7 @@ export async function resolveCacheSettings(
   )!
   const normalized = posix.normalize(instancesPath).replace(/(.)\/$/, '$1')
   return {
+    backend,
     cacheDir: posix.join(normalized, cacheDirName),
     cacheDirName,
     ephemeralExtension: novaEphemeralExtension(nova),
@@ -172,7 +173,6 @@ export async function resolveCacheSettings(
     forceRaw: backend.name === 'rbd' ? true : (config.fetch?.forceRaw ?? backend.forceRaw),
     instancesPath: normalized,
     lockDir: posix.join(normalized, 'locks'),
-    backend,
     novaConf: {files: files.map((f) => f.path)},
     origins: {
       cacheDir: cacheOrigin,

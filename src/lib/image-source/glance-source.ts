@@ -22,7 +22,7 @@ interface GlanceImage {
   disk_format?: null | string
   id: string
   /** Shown when glance-api has show_multiple_locations (and the caller may see them). */
-  locations?: null | Array<{metadata?: unknown; url?: null | string}>
+  locations?: Array<{metadata?: unknown; url?: null | string}> | null
   name?: null | string
   os_hash_algo?: null | string
   os_hash_value?: null | string

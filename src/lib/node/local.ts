@@ -128,6 +128,10 @@ export class LocalNode implements Node {
     }
   }
 
+  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
+    return readConfigLocal(request)
+  }
+
   async readRanges(ranges: ReadRange[]): Promise<Buffer[]> {
     return Promise.all(
       ranges.map(async ({length, offset, path}) => {
@@ -145,10 +149,6 @@ export class LocalNode implements Node {
         }
       }),
     )
-  }
-
-  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
-    return readConfigLocal(request)
   }
 
   async readTextFile(path: string): Promise<string | undefined> {

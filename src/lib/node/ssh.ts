@@ -445,14 +445,14 @@ export class SshNode implements Node {
     }
   }
 
+  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
+    return this.request<ConfigRead>('read_conf', {...request}, 'cannot read', request.files[0] ?? request.dirs[0] ?? '')
+  }
+
   async readRanges(ranges: ReadRange[]): Promise<Buffer[]> {
     if (ranges.length === 0) return []
     const result = await this.request<string[]>('read_ranges', {ranges}, 'cannot read', ranges[0]?.path ?? '')
     return result.map((b) => Buffer.from(b, 'base64'))
-  }
-
-  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
-    return this.request<ConfigRead>('read_conf', {...request}, 'cannot read', request.files[0] ?? request.dirs[0] ?? '')
   }
 
   async readTextFile(path: string): Promise<string | undefined> {

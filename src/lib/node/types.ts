@@ -176,10 +176,10 @@ export interface Node {
   openRead(path: string, offset?: number): Promise<Readable>
   /** A writable stream into a file on the node; resolves when the file is flushed and fsynced. */
   openWrite(path: string, options?: WriteFileOptions): Promise<NodeFileSink>
-  /** Read byte ranges of files in one round trip. A range past the end returns fewer bytes. */
-  readRanges(ranges: ReadRange[]): Promise<Buffer[]>
   /** Read configuration files and directories; problems are reported per file, not thrown. */
   readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead>
+  /** Read byte ranges of files in one round trip. A range past the end returns fewer bytes. */
+  readRanges(ranges: ReadRange[]): Promise<Buffer[]>
   /** Read a text file; undefined when it does not exist. */
   readTextFile(path: string): Promise<string | undefined>
   /** Remove one file or symlink (never a directory, never recursively, never following a symlink). */

@@ -124,7 +124,10 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
   const now = options.now ?? Date.now()
   const out: string[] = []
   for (const r of results) {
-    out.push(`${r.node}: ${r.cacheDir}${r.cacheDirExists ? '' : ' (does not exist: nothing cached)'}`, ...backendLines(r))
+    out.push(
+      `${r.node}: ${r.cacheDir}${r.cacheDirExists ? '' : ' (does not exist: nothing cached)'}`,
+      ...backendLines(r),
+    )
     if (options.verbose) {
       out.push(
         r.settings.novaConfFiles.length > 0
