@@ -9,7 +9,7 @@ import type {PopulateReport} from '../../src/commands/populate.js'
 import type {PrecacheReport} from '../../src/commands/precache.js'
 
 import {sha1} from '../fixtures/nova-host.js'
-import {runCli} from '../helpers/cli.js'
+import {type CliResult, runCli} from '../helpers/cli.js'
 import {exists} from '../helpers/files.js'
 import {type GlanceHandle, startGlance} from '../helpers/glance.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
@@ -44,6 +44,11 @@ async function host(name: string, novaConf: string): Promise<{base: string; conf
   await mkdir(root, {recursive: true})
   const {nova} = await variant(path.join(work, name, 'etc'), novaConf)
   return {base: path.join(root, '_base'), conf: nova, root}
+}
+
+/** The CLI on a local host variant: its instances path, its nova.conf, and `file` as the config. */
+function onHost(h: {conf: string; root: string}, file: string, args: string[]): Promise<CliResult> {
+  return runCli([...args, '--instances-path', h.root, '--nova-conf', h.conf, '--config', file])
 }
 
 async function config(file: string, extra: Record<string, unknown> = {}): Promise<string> {
@@ -172,8 +177,7 @@ describe('populate and precache on an rbd node', () => {
   it('skips a clone in the node cluster, caches the others raw, and --force caches the clone (local)', async () => {
     const h = await host('rbd-populate', RBD)
     const file = await config(path.join(work, 'rbd-populate.json'))
-    const run = (extra: string[]) =>
-      runCli(['populate', ...extra, '--instances-path', h.root, '--nova-conf', h.conf, '--config', file, '--json'])
+    const run = (extra: string[]) => onHost(h, file, ['populate', ...extra, '--json'])
     const result = await run([ids.clone, ids.elsewhere, ids.qcow, ids.plain])
     expect(result.exitCode, result.stderr).toBe(0)
     const report = result.json as PopulateReport
@@ -237,16 +241,7 @@ describe('populate and precache on an rbd node', () => {
     const h = await host('rbd-nofsid', RBD)
     await writeFile(path.join(work, 'rbd-nofsid', 'etc', 'ceph.conf'), '[global]\nmon host = 192.0.2.1\n')
     const file = await config(path.join(work, 'rbd-nofsid.json'))
-    const result = await runCli([
-      'populate',
-      ids.clone,
-      '--instances-path',
-      h.root,
-      '--nova-conf',
-      h.conf,
-      '--config',
-      file,
-    ])
+    const result = await onHost(h, file, ['populate', ids.clone])
     expect(result.exitCode).toBe(2)
     expect(result.stderr).toContain('has no [global] fsid')
     expect(await exists(h.base)).toBe(false)
@@ -262,17 +257,7 @@ describe('overlay on each backend', () => {
     const file = await config(path.join(work, `overlay-${name}.json`))
     const dest = path.join(h.root, 'inst-1', 'disk')
     await mkdir(path.dirname(dest), {recursive: true})
-    const result = await runCli([
-      'overlay',
-      ids.plain,
-      dest,
-      '--instances-path',
-      h.root,
-      '--nova-conf',
-      h.conf,
-      '--config',
-      file,
-    ])
+    const result = await onHost(h, file, ['overlay', ids.plain, dest])
     expect(result.exitCode).toBe(2)
     expect(result.stderr).toContain(`uses the ${name} storage backend`)
     expect(await exists(h.base)).toBe(false)
@@ -287,26 +272,10 @@ describe('overlay on each backend', () => {
     ] as const) {
       const h = await host(`overlay-ok-${name}`, conf)
       const dest = path.join(h.root, 'inst-1', 'disk')
-
       await mkdir(path.dirname(dest), {recursive: true})
-
-      const result = await runCli([
-        'overlay',
-        ids.plain,
-        dest,
-        '--size',
-        '1M',
-        '--instances-path',
-        h.root,
-        '--nova-conf',
-        h.conf,
-        '--config',
-        file,
-        '--json',
-      ])
+      const result = await onHost(h, file, ['overlay', ids.plain, dest, '--size', '1M', '--json'])
       expect(result.exitCode, result.stderr).toBe(0)
       expect(result.json).toMatchObject({overlay: {format, kind: backing ? 'qcow2' : 'copy', path: dest}})
-
       const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', dest])).stdout) as Record<
         string,
         unknown

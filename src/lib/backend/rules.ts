@@ -56,14 +56,12 @@ export function effectiveBackend(input: BackendInput): Backend {
         : imagesType
   const configuredRaw = input.forceRawImages ?? true
   const notes: string[] = []
+  const common = {forceRaw: configuredRaw, imagesType, name, notes}
   switch (name) {
     case 'flat': {
       return {
         cache: "bases are copied into each instance's disk (cp, then qemu-img resize); no disk is backed by them",
-        forceRaw: configuredRaw,
-        imagesType,
-        name,
-        notes,
+        ...common,
         overlay: 'copy',
       }
     }
@@ -71,10 +69,7 @@ export function effectiveBackend(input: BackendInput): Backend {
     case 'lvm': {
       return {
         cache: 'bases are written into one logical volume per disk (qemu-img convert); no disk is backed by them',
-        forceRaw: configuredRaw,
-        imagesType,
-        name,
-        notes,
+        ...common,
         overlay: 'refuse',
         overlayRefusal:
           'Nova builds an instance disk on an lvm node by converting the base into a logical volume (Lvm.create_image), never a qcow2 file backed by the base',
@@ -84,10 +79,7 @@ export function effectiveBackend(input: BackendInput): Backend {
     case 'ploop': {
       return {
         cache: 'bases are copied into a ploop image per disk',
-        forceRaw: configuredRaw,
-        imagesType,
-        name,
-        notes,
+        ...common,
         overlay: 'refuse',
         overlayRefusal:
           'Nova builds an instance disk on a ploop node as a ploop image (Ploop.create_image), never a qcow2 file backed by the base',
@@ -97,10 +89,7 @@ export function effectiveBackend(input: BackendInput): Backend {
     case 'qcow2': {
       return {
         cache: "bases back the instances' qcow2 disks (qemu-img create -b): a base in use must stay",
-        forceRaw: configuredRaw,
-        imagesType,
-        name,
-        notes,
+        ...common,
         overlay: 'qcow2',
       }
     }
