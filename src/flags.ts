@@ -56,9 +56,17 @@ export const cacheFlags = {
     helpGroup: 'CACHE LOCATION',
   }),
   'nova-conf': Flags.string({
-    description: "The node's nova.conf. Default: /etc/nova/nova.conf when present.",
+    description:
+      "A nova.conf of the node, as nova-compute's --config-file: repeatable, later files win. Default: /etc/nova/nova.conf and /etc/nova/nova-compute.conf when present, else Kolla's /etc/kolla/nova-compute/nova.conf.",
     env: 'IMGCACHE_NOVA_CONF',
     helpGroup: 'CACHE LOCATION',
+    multiple: true,
+  }),
+  'nova-config-dir': Flags.string({
+    description:
+      "A directory of the node whose *.conf files are read after the nova.conf files, in name order, as nova-compute's --config-dir. Repeatable. Default: /etc/nova/nova.conf.d when present.",
+    helpGroup: 'CACHE LOCATION',
+    multiple: true,
   }),
 }
 
@@ -103,9 +111,15 @@ export const fetchFlags = {
 export function cacheOverrides(flags: {
   'cache-dir'?: string
   'instances-path'?: string
-  'nova-conf'?: string
+  'nova-conf'?: string[]
+  'nova-config-dir'?: string[]
 }): CacheOverrides {
-  return {cacheDir: flags['cache-dir'], instancesPath: flags['instances-path'], novaConf: flags['nova-conf']}
+  return {
+    cacheDir: flags['cache-dir'],
+    instancesPath: flags['instances-path'],
+    novaConf: flags['nova-conf'],
+    novaConfigDir: flags['nova-config-dir'],
+  }
 }
 
 /** The fetch flags as the options every fetch takes, with the config's defaults. */

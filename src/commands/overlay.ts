@@ -28,6 +28,8 @@ export default class Overlay extends BaseCommand<typeof Overlay> {
   static override description = withExitCodes(
     `Creates a copy-on-write qcow2 disk backed by the cached base of IMAGE, the way Nova builds an instance's root disk: the base is populated first if needed, checked again with Nova's safety checks, touched, then under its lock nova-<sha1>: qemu-img create -f qcow2 -o backing_file=<absolute base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE].
 
+The node's storage backend ([libvirt] images_type in its nova.conf) decides what is made, as Nova decides: a qcow2 overlay on qcow2 (and default with use_cow_images); on raw/flat a full copy of the base (cp under the lock, then qemu-img resize to SIZE), as Nova's Flat backend makes; on rbd, lvm and ploop nothing: overlay refuses with exit 2 before fetching, since Nova keeps those disks in Ceph, a logical volume or a ploop image.
+
 overlay never overwrites DEST and never makes a disk smaller than the image.`,
   )
   static override examples = [
@@ -83,7 +85,9 @@ overlay never overwrites DEST and never makes a disk smaller than the image.`,
     const {base, overlay} = outcome.value
     if (!this.jsonEnabled()) {
       this.log(
-        `${overlay.path}: qcow2 over ${overlay.backingFile} (${overlay.backingFormat}${overlay.clusterSize ? `, cluster ${overlay.clusterSize}` : ''}); base ${base.status}`,
+        overlay.kind === 'copy'
+          ? `${overlay.path}: ${overlay.format} copy of ${overlay.copyOf} (the node's backend is flat: Nova copies the base, it does not back a disk with it); base ${base.status}`
+          : `${overlay.path}: qcow2 over ${overlay.backingFile} (${overlay.backingFormat}${overlay.clusterSize ? `, cluster ${overlay.clusterSize}` : ''}); base ${base.status}`,
       )
     }
 

@@ -131,6 +131,7 @@ Everything a single populate guarantees holds on every node: verified, inspected
           cacheDir: this.flags['cache-dir'],
           instancesPath: this.flags['instances-path'],
           novaConf: this.flags['nova-conf'],
+          novaConfigDir: this.flags['nova-config-dir'],
         }),
       {
         allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),

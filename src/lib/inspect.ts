@@ -1,6 +1,7 @@
 import {posix} from 'node:path'
 
 import type {NodeAnalysis} from './analysis.js'
+import type {Backend} from './backend/rules.js'
 import type {EntryKind, PlanItem} from './cache/policy.js'
 import type {DiskProblem} from './cache/usage.js'
 import type {Verification, VerifyTotals} from './verify.js'
@@ -43,6 +44,8 @@ export interface InspectEntry {
 }
 
 export interface InspectResult {
+  /** Nova's storage backend on the node and what the cache means there. */
+  backend: Backend
   cacheDir: string
   cacheDirExists: boolean
   entries: InspectEntry[]
@@ -61,7 +64,10 @@ export interface InspectResult {
     cacheDirFrom: string
     instancesPathFrom: string
     minAgeSeconds: number
+    /** The first nova.conf read (kept for older readers of the JSON); all of them in novaConfFiles. */
     novaConf?: string
+    /** Every nova.conf file read, in oslo.config's order (later files win). */
+    novaConfFiles: string[]
     removeUnused: boolean
     resizedMinAgeSeconds: number
   }
@@ -181,6 +187,7 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
   const lockNames = new Set(scan.cacheDir.entries.map((e) => `nova-${e.name}`))
   const lockFiles = scan.lockDir.entries.filter((n) => n.startsWith('nova-') && n !== 'nova-storage-registry-lock')
   return {
+    backend: settings.backend,
     cacheDir: settings.cacheDir,
     cacheDirExists: scan.cacheDir.exists,
     entries,
@@ -205,7 +212,8 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
       cacheDirFrom: settings.origins.cacheDir,
       instancesPathFrom: settings.origins.instancesPath,
       minAgeSeconds: settings.policy.originalMinAge,
-      novaConf: settings.novaConf?.found ? settings.novaConf.path : undefined,
+      novaConf: settings.novaConf.files[0],
+      novaConfFiles: settings.novaConf.files,
       removeUnused: settings.policy.removeUnused,
       resizedMinAgeSeconds: settings.policy.resizedMinAge,
     },

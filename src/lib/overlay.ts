@@ -6,6 +6,7 @@ import type {FetchOptions, FetchResult} from './fetch/pipeline.js'
 import type {ResolvedImage} from './images.js'
 import type {Node} from './node/types.js'
 
+import {flatCopyArgv, flatResizeArgv} from './backend/flat-copy.js'
 import {overlayTemporaryName} from './cache/naming.js'
 import {formatBytes} from './duration.js'
 import {ImgcacheError, SafetyError, UsageError} from './errors.js'
@@ -15,7 +16,20 @@ import {checkQemuAgrees, parseQemuInfo, qemuCreateOverlayArgv, qemuError, qemuIn
 
 export interface OverlayResult {
   base: FetchResult
-  overlay: {backingFile: string; backingFormat: string; clusterSize?: number; path: string; virtualSize?: number}
+  overlay: {
+    /** qcow2 overlays only: the base they are backed by. */
+    backingFile?: string
+    backingFormat?: string
+    clusterSize?: number
+    /** Flat (raw/flat) nodes only: the base this disk is a copy of, as Nova's Flat backend makes it. */
+    copyOf?: string
+    /** The disk's format: qcow2 for an overlay; the base's own for a copy. */
+    format: string
+    /** `qcow2`: backed by the base (Qcow2 backend); `copy`: a full copy (Flat backend). */
+    kind: 'copy' | 'qcow2'
+    path: string
+    virtualSize?: number
+  }
 }
 
 /**
@@ -42,6 +56,23 @@ export async function createOverlay(
     )
   }
 
+  // Before anything is fetched: some backends keep no instance disk that imgcache could make.
+  const {backend} = settings
+  if (backend.overlay === 'refuse') {
+    throw new UsageError(
+      'OVERLAY_BACKEND',
+      `${node.name} uses the ${backend.name} storage backend ([libvirt] images_type = ${backend.imagesType}): ${backend.overlayRefusal ?? 'Nova builds no qcow2 overlay there'}; imgcache overlay would make a disk Nova never uses`,
+      {
+        field: 'images_type',
+        node: node.name,
+        suggestions: [
+          'Use imgcache populate to cache the base for Nova, or run overlay against a qcow2 or raw/flat node.',
+        ],
+      },
+    )
+  }
+
+  const copy = backend.overlay === 'copy'
   await assertFree(node, dest)
   const parent = await node.stat(posix.dirname(dest))
   if (parent?.type !== 'dir' && !(parent?.type === 'symlink' && parent.targetType === 'dir')) {
@@ -106,16 +137,31 @@ export async function createOverlay(
     // is then linked into place without replacing. A disk another process made meanwhile survives,
     // and a failure removes only our own file.
     const temporary = overlayTemporary(dest)
-    const argv = qemuCreateOverlayArgv({
-      backingFile: paths.final,
-      backingFormat: info.format ?? 'raw',
-      clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
-      path: temporary,
-      size: options.size !== undefined && options.size > 0 ? options.size : undefined,
-    })
+    const argv = copy
+      ? flatCopyArgv(paths.final, temporary)
+      : qemuCreateOverlayArgv({
+          backingFile: paths.final,
+          backingFormat: info.format ?? 'raw',
+          clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
+          path: temporary,
+          size: options.size !== undefined && options.size > 0 ? options.size : undefined,
+        })
     try {
-      const result = await node.run(argv, {asOwner: true, reject: false, signal: options.signal, timeoutMs: 120_000})
+      // A copy takes as long as the base is big; an overlay is a few KiB.
+      const result = await node.run(argv, {
+        asOwner: true,
+        reject: false,
+        signal: options.signal,
+        timeoutMs: copy ? 0 : 120_000,
+      })
       if (result.exitCode !== 0) throw qemuError(argv, result, {image: image.record.id, node: node.name, path: dest})
+      if (copy && options.size !== undefined && options.size > info.virtualSize) {
+        const resize = flatResizeArgv(temporary, info.format ?? 'raw', options.size)
+        const resized = await node.run(resize, {reject: false, signal: options.signal, timeoutMs: 120_000})
+        if (resized.exitCode !== 0)
+          throw qemuError(resize, resized, {image: image.record.id, node: node.name, path: dest})
+      }
+
       await node.rename(temporary, dest, {noReplace: true}).catch((error: unknown) => {
         throw error instanceof ImgcacheError && error.code === 'FS_EEXIST' ? destExists(node, dest) : error
       })
@@ -130,9 +176,15 @@ export async function createOverlay(
   return {
     base,
     overlay: {
-      backingFile: paths.final,
-      backingFormat: info.format ?? 'raw',
-      clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
+      ...(copy
+        ? {copyOf: paths.final, format: info.format ?? 'raw', kind: 'copy' as const}
+        : {
+            backingFile: paths.final,
+            backingFormat: info.format ?? 'raw',
+            clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
+            format: 'qcow2',
+            kind: 'qcow2' as const,
+          }),
       path: dest,
       virtualSize: options.size !== undefined && options.size > 0 ? options.size : info.virtualSize,
     },

@@ -6,7 +6,8 @@ import type {FetchResult} from './fetch/pipeline.js'
 import type {ResolvedImage} from './images.js'
 import type {Node} from './node/types.js'
 
-import {describeError, ImgcacheError} from './errors.js'
+import {cacheDecision} from './backend/rules.js'
+import {describeError, ImgcacheError, UsageError} from './errors.js'
 import {fetchIntoCache} from './fetch/pipeline.js'
 
 /** One (node, image) outcome, for the report and its JSON. */
@@ -67,6 +68,34 @@ export function itemFromError(image: ResolvedImage, node: string, error: unknown
 }
 
 /**
+ * The outcome of a pair the node's backend makes pointless or forbidden (rules.ts cacheDecision):
+ * `skipped` with the reason, before any byte is read; undefined when the image is to be cached.
+ */
+export function backendItem(
+  image: ResolvedImage,
+  node: string,
+  settings: CacheSettings,
+  force: boolean,
+): ItemResult | undefined {
+  const decision = cacheDecision(settings.backend, image.record, force)
+  if (decision.action === 'cache') return undefined
+  const ref = {id: image.record.id, name: image.record.name, ref: image.ref}
+  if (decision.action === 'skip')
+    return {code: decision.code, image: ref, message: decision.reason, node, status: 'skipped'}
+  return itemFromError(
+    image,
+    node,
+    new UsageError(decision.code, decision.reason, {
+      image: image.record.id,
+      node,
+      suggestions: [
+        `Fix the node's ceph.conf (${settings.backend.rbd?.cephConf ?? 'images_rbd_ceph_conf'}), or pass --force to cache the image anyway.`,
+      ],
+    }),
+  )
+}
+
+/**
  * Fetch images into one node's cache, at most `imageConcurrency` at once. Every image gets an
  * outcome; one failure does not stop the others. Interrupted work ends as `error` (INTERRUPTED).
  */
@@ -87,6 +116,12 @@ export async function populateNode(
           const item = itemFromError(image, node.name, new ImgcacheError('INTERRUPTED', 'not started: interrupted'))
           emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
           return item
+        }
+
+        const decided = backendItem(image, node.name, settings, options.force)
+        if (decided) {
+          emit({image: id, message: decided.message, node: node.name, state: decided.status, type: 'item'})
+          return decided
         }
 
         emit({image: id, node: node.name, state: 'running', type: 'item'})

@@ -18,7 +18,7 @@ import {expectedHash} from './image-source/checksum.js'
 import {SshNodeFactory} from './node/ssh-factory.js'
 import {isUnreachable} from './node/ssh.js'
 import {createNode} from './nodes.js'
-import {itemFromError, itemFromResult, type ItemResult} from './populate.js'
+import {backendItem, itemFromError, itemFromResult, type ItemResult} from './populate.js'
 
 export type Via = 'node' | 'relay'
 
@@ -246,6 +246,13 @@ async function precacheNode(
       const item = failedItem(image, node.name, run.reason)
       emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
       items.push(item)
+      continue
+    }
+
+    const decided = backendItem(image, node.name, settings!, options.force)
+    if (decided) {
+      emit({image: id, message: decided.message, node: node.name, state: decided.status, type: 'item'})
+      items.push(decided)
       continue
     }
 

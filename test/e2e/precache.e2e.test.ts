@@ -391,7 +391,7 @@ describe('imgcache precache', () => {
       const report = parse<PrecacheReport>(first.stdout)
       expect(report).toMatchObject({
         aggregate: 'web',
-        totals: {cached: 6, errors: 0, existing: 0, skippedHosts: 0},
+        totals: {cached: 6, errors: 0, existing: 0, notNeeded: 0, skippedHosts: 0},
         via,
       })
       for (const node of fleet.nodes) {
@@ -548,7 +548,7 @@ describe('imgcache precache', () => {
     const result = await precache(configFile, ['--aggregate', 'web', '--json', '--retries', '1'])
     expect(result.exitCode).toBe(3)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(report.totals).toEqual({cached: 2, errors: 0, existing: 0, skippedHosts: 1})
+    expect(report.totals).toEqual({cached: 2, errors: 0, existing: 0, notNeeded: 0, skippedHosts: 1})
     expect(item(report, 'ghost', raw.id)).toMatchObject({code: 'SSH_REFUSED', status: 'skipped'})
     expect(item(report, 'ghost', raw.id)?.message).toContain(`port ${port} refused the connection`)
     expect(report.nodes.find((s) => s.node === 'ghost')).toMatchObject({attempts: 2, status: 'skipped'})
@@ -589,7 +589,7 @@ describe('imgcache precache', () => {
     const result = await child
     expect(result.exitCode).toBe(3)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(report.totals).toEqual({cached: 2, errors: 1, existing: 0, skippedHosts: 0})
+    expect(report.totals).toEqual({cached: 2, errors: 1, existing: 0, notNeeded: 0, skippedHosts: 0})
     const failed = item(report, 'node2', slow.id)
     expect(failed).toMatchObject({code: 'SSH_CONNECTION_LOST', status: 'error'})
     expect(failed?.message).toContain('the connection was lost')
@@ -665,7 +665,7 @@ describe('imgcache precache', () => {
     const result = await child
     expect(result.exitCode).toBe(0)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(report.totals).toEqual({cached: 3, errors: 0, existing: 0, skippedHosts: 0})
+    expect(report.totals).toEqual({cached: 3, errors: 0, existing: 0, notNeeded: 0, skippedHosts: 0})
     expect(item(report, 'node2', slow.id)?.resumedFrom).toBeGreaterThan(0)
     expect(report.nodes.find((s) => s.node === 'node2')?.attempts).toBeGreaterThanOrEqual(3)
     expect(server.gets('/slow-node').some((r) => r.range !== undefined && r.status === 206)).toBe(true)
@@ -688,7 +688,7 @@ describe('imgcache precache', () => {
     const result = await precache(configFile, ['--aggregate', 'web', '--json'])
     expect(result.exitCode).toBe(3)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(report.totals).toEqual({cached: 1, errors: 3, existing: 0, skippedHosts: 0})
+    expect(report.totals).toEqual({cached: 1, errors: 3, existing: 0, notNeeded: 0, skippedHosts: 0})
     expect(item(report, 'node1', qcow2.id)).toMatchObject({status: 'cached'})
 
     const changed = item(report, 'node2', qcow2.id)
@@ -729,7 +729,7 @@ describe('imgcache precache', () => {
       const result = await precache(configFile, ['--aggregate', 'web', '--via', via, '--json'])
       expect(result.exitCode).toBe(1)
       const report = parse<PrecacheReport>(result.stdout)
-      expect(report.totals).toEqual({cached: 0, errors: 3, existing: 0, skippedHosts: 0})
+      expect(report.totals).toEqual({cached: 0, errors: 3, existing: 0, notNeeded: 0, skippedHosts: 0})
       for (const node of fleet.nodes) {
         const refused = item(report, node.name, unsafe.id)
         expect(refused).toMatchObject({code: 'IMAGE_UNSAFE', exitCode: 4, status: 'error'})
@@ -753,7 +753,7 @@ describe('imgcache precache', () => {
     expect(endedAfterMs).toBeLessThan(10_000)
     expect(result.exitCode).toBe(3)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, skippedHosts: 0})
+    expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, notNeeded: 0, skippedHosts: 0})
     for (const node of fleet.nodes) {
       const at = onNode(node, sub)
       expect(item(report, node.name, raw.id)).toMatchObject({status: 'cached'})
@@ -915,7 +915,7 @@ describe('imgcache precache', () => {
       const result = await child
       expect(result.exitCode).toBe(3)
       const report = parse<PrecacheReport>(result.stdout)
-      expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, skippedHosts: 0})
+      expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, notNeeded: 0, skippedHosts: 0})
       for (const node of fleet.nodes) {
         const at = onNode(node, sub)
         expect(item(report, node.name, raw.id)).toMatchObject({status: 'cached'})

@@ -41,6 +41,8 @@
 #   GLANCE_CLIENT_SOCKET_TIMEOUT idle socket timeout s   (default 30; glance's own default 900)
 #   GLANCE_HTTP_KEEPALIVE        true|false              (default true, as glance)
 #   GLANCE_DEBUG                 true|false              (default false)
+#   GLANCE_SHOW_LOCATIONS        true|false              (default false) show_image_direct_url and
+#                                show_multiple_locations: records carry direct_url and locations
 #   GLANCE_API_BIN / GLANCE_MANAGE_BIN  override the programs (a wrapper must exec them)
 #   GLANCE_AUTH                  noauth|headers|keystone (default noauth)
 #       noauth : UnauthenticatedContextMiddleware, every request is admin, no project.
@@ -137,6 +139,8 @@ client_socket_timeout = ${GLANCE_CLIENT_SOCKET_TIMEOUT:-30}
 http_keepalive = ${GLANCE_HTTP_KEEPALIVE:-true}
 debug = ${GLANCE_DEBUG:-false}
 use_stderr = true
+show_image_direct_url = ${GLANCE_SHOW_LOCATIONS:-false}
+show_multiple_locations = ${GLANCE_SHOW_LOCATIONS:-false}
 
 [database]
 connection = sqlite:///$dir/glance.sqlite

@@ -1,8 +1,10 @@
 import got from 'got'
+import {execFile} from 'node:child_process'
 import {createReadStream} from 'node:fs'
 import {mkdtemp, rm, stat} from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import {promisify} from 'node:util'
 
 import {
   type KeystoneHandle,
@@ -62,9 +64,17 @@ export interface StartGlanceOptions {
   /** Required with auth: 'keystone'; its catalog is repointed at this glance. */
   keystone?: KeystoneHandle
   port?: number
+  /** show_image_direct_url and show_multiple_locations: records carry direct_url and locations. */
+  showLocations?: boolean
 }
 
 export interface GlanceHandle {
+  /**
+   * Add a location row to the image in glance's sqlite database. Stand-in for a Ceph store, which
+   * cannot run here: glance-api refuses an rbd:// location through the API when no rbd store is
+   * configured, but shows the row as it would show one its rbd store wrote (direct_url, locations).
+   */
+  addLocationRow(id: string, url: string): Promise<void>
   createImage(options?: CreateImageOptions): Promise<GlanceImageJson>
   /** Admin-only in Glance's default policy: uses admin's token in keystone mode. */
   deactivate(id: string): Promise<void>
@@ -107,6 +117,7 @@ export async function startGlance(options: StartGlanceOptions = {}): Promise<Gla
     {
       GLANCE_AUTH: auth,
       GLANCE_HOST: options.host,
+      GLANCE_SHOW_LOCATIONS: options.showLocations ? 'true' : undefined,
       GLANCE_TEMPLATE_DIR: templateDir,
       KEYSTONE_DATA_DIR: options.keystone?.dir,
     },
@@ -142,6 +153,16 @@ export async function startGlance(options: StartGlanceOptions = {}): Promise<Gla
   }
 
   const handle: GlanceHandle = {
+    async addLocationRow(id, url) {
+      const script = [
+        'import sqlite3, sys',
+        'c = sqlite3.connect(sys.argv[1])',
+        'c.execute("INSERT INTO image_locations (image_id, value, created_at, deleted, meta_data, status)"',
+        "          \" VALUES (?, ?, datetime('now'), 0, '{}', 'active')\", (sys.argv[2], sys.argv[3]))",
+        'c.commit()',
+      ].join('\n')
+      await promisify(execFile)('/usr/bin/python3', ['-c', script, path.join(dir, 'glance.sqlite'), id, url])
+    },
     async createImage(opts: CreateImageOptions = {}) {
       const response = await api.post('images', {
         headers: await headers(opts.token),

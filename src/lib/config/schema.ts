@@ -41,8 +41,13 @@ export const nodeCacheSettingsSchema = z
     /** `[image_cache] subdirectory_name`: the cache dir's name under the instances path. */
     cacheDir: z.string().min(1).optional(),
     instancesPath: z.string().min(1).optional(),
-    /** Where the node's nova.conf is (default /etc/nova/nova.conf). */
-    novaConf: z.string().min(1).optional(),
+    /**
+     * The node's nova.conf files, in the order nova-compute's --config-file reads them (later files
+     * win). Default: /etc/nova/nova.conf and /etc/nova/nova-compute.conf when present, else Kolla's.
+     */
+    novaConf: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+    /** Directories whose *.conf files are read after them, as --config-dir (default /etc/nova/nova.conf.d). */
+    novaConfigDir: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
   })
   .strict()
 

@@ -1,21 +1,54 @@
 import {posix} from 'node:path'
 
 import type {PolicySettings} from '../cache/policy.js'
-import type {Node} from '../node/types.js'
+import type {ConfigRead, Node} from '../node/types.js'
 import type {ImgcacheConfig, NodeConfig} from './schema.js'
 
+import {type Backend, cephConfFsid, DEFAULT_CEPH_CONF, effectiveBackend} from '../backend/rules.js'
 import {ephemeralExtension, SIDECAR_DIR} from '../cache/naming.js'
 import {ImgcacheError, UsageError} from '../errors.js'
-import {NOVA_DEFAULTS, type NovaConf, parseNovaConf} from './nova-conf.js'
+import {novaConfRequest, type NovaConfSelection, orderNovaConf} from './nova-conf-files.js'
+import {NOVA_DEFAULTS, type NovaConf, parseNovaConfFiles} from './nova-conf.js'
 
-export const DEFAULT_NOVA_CONF = '/etc/nova/nova.conf'
+/** The node's backend: nova.conf's choice, with the fsid of the Ceph cluster an rbd node uses. */
+async function resolveBackend(
+  node: Node,
+  nova: NovaConf | undefined,
+  read: ConfigRead,
+  label: (path: string) => string,
+): Promise<Backend> {
+  const input = {
+    forceRawImages: nova?.forceRawImages,
+    imagesRbdCephConf: nova?.imagesRbdCephConf,
+    imagesRbdPool: nova?.imagesRbdPool,
+    imagesType: nova?.imagesType,
+    neverDownloadImageIfOnRbd: nova?.neverDownloadImageIfOnRbd,
+    useCowImages: nova?.useCowImages,
+  }
+  if (effectiveBackend(input).name !== 'rbd') return effectiveBackend(input)
+  const path = nova?.imagesRbdCephConf ?? DEFAULT_CEPH_CONF
+  // Read in the same round trip as nova.conf when it is the usual one; another path costs one more.
+  const ceph =
+    read.files.find((f) => f.path === path) ?? (await node.readConfigFiles({dirs: [], files: [path]})).files[0]
+  const fsid = ceph?.text === undefined ? undefined : cephConfFsid(ceph.text)
+  const error =
+    ceph?.text === undefined
+      ? `cannot read ${label(path)} (${ceph?.errorCode === 'ENOENT' ? 'it does not exist' : (ceph?.errorCode ?? 'unknown error')})`
+      : fsid
+        ? undefined
+        : `${label(path)} has no [global] fsid`
+  return effectiveBackend({...input, cephConf: {error, fsid, path}})
+}
 
 /** Values given on the command line (flags, or their environment variables). */
 export interface CacheOverrides {
   cacheDir?: string
   instancesPath?: string
   minAge?: number
-  novaConf?: string
+  /** --nova-conf: the node's nova.conf files, in order. */
+  novaConf?: string[]
+  /** --nova-config-dir: directories of *.conf files read after them. */
+  novaConfigDir?: string[]
   resizedMinAge?: number
 }
 
@@ -23,6 +56,8 @@ export type Origin = 'config' | 'default' | 'flag' | 'nova.conf'
 
 /** Everything that decides where a node's cache is and how it is cleaned, and where each value came from. */
 export interface CacheSettings {
+  /** Nova's storage backend on this node, and what the cache means there. */
+  backend: Backend
   /** Absolute path of the cache dir. */
   cacheDir: string
   cacheDirName: string
@@ -31,8 +66,8 @@ export interface CacheSettings {
   forceRaw: boolean
   instancesPath: string
   lockDir: string
-  /** The nova.conf read for this node, if any. */
-  novaConf?: {found: boolean; path: string}
+  /** The nova.conf files read for this node, in oslo.config's order (later files win). */
+  novaConf: {files: string[]}
   origins: {cacheDir: Origin; instancesPath: Origin; minAge: Origin; removeUnused: Origin; resizedMinAge: Origin}
   policy: PolicySettings
   vmdkAllowedTypes: string[]
@@ -61,21 +96,19 @@ export async function resolveCacheSettings(
   nodeConfig: NodeConfig | undefined,
   overrides: CacheOverrides,
 ): Promise<CacheSettings> {
-  const explicitConf = overrides.novaConf ?? nodeConfig?.novaConf ?? config.defaults?.novaConf
-  const confPath = explicitConf ?? DEFAULT_NOVA_CONF
-  let nova: NovaConf | undefined
-  const text = await node.readTextFile(confPath)
-  if (text === undefined && explicitConf) {
-    throw new UsageError('NOVA_CONF_MISSING', `nova.conf ${confPath} does not exist on ${node.description}`, {
-      file: confPath,
-      node: node.name,
-      suggestions: [
-        'Give the right path with --nova-conf (or novaConf in the config), or leave it out to use Nova defaults.',
-      ],
-    })
+  const list = (v: string | string[] | undefined): string[] | undefined =>
+    v === undefined ? undefined : Array.isArray(v) ? v : [v]
+  const selection: NovaConfSelection = {
+    dirs: overrides.novaConfigDir ?? list(nodeConfig?.novaConfigDir) ?? list(config.defaults?.novaConfigDir),
+    files: overrides.novaConf ?? list(nodeConfig?.novaConf) ?? list(config.defaults?.novaConf),
   }
-
-  if (text !== undefined) nova = parseNovaConf(text, node.isLocal ? confPath : `${node.name}:${confPath}`)
+  const label = (path: string): string => (node.isLocal ? path : `${node.name}:${path}`)
+  // One round trip: the nova.conf files and dirs, and the ceph.conf an rbd node most likely names.
+  const read = await node.readConfigFiles(novaConfRequest(selection, [DEFAULT_CEPH_CONF]))
+  const files = orderNovaConf(selection, read, {label, node: node.name})
+  const nova: NovaConf | undefined =
+    files.length > 0 ? parseNovaConfFiles(files.map((f) => ({file: label(f.path), text: f.text}))) : undefined
+  const backend = await resolveBackend(node, nova, read, label)
 
   const [instancesPath, instancesOrigin] = pick<string>(
     [overrides.instancesPath, 'flag'],
@@ -132,13 +165,15 @@ export async function resolveCacheSettings(
   )!
   const normalized = posix.normalize(instancesPath).replace(/(.)\/$/, '$1')
   const settings: CacheSettings = {
+    backend,
     cacheDir: posix.join(normalized, cacheDirName),
     cacheDirName,
     ephemeralExtension: novaEphemeralExtension(nova),
-    forceRaw: config.fetch?.forceRaw ?? nova?.forceRawImages ?? NOVA_DEFAULTS.forceRawImages,
+    // rbd needs raw bases whatever force_raw_images says (rules.ts effectiveBackend).
+    forceRaw: backend.name === 'rbd' ? true : (config.fetch?.forceRaw ?? backend.forceRaw),
     instancesPath: normalized,
     lockDir: posix.join(normalized, 'locks'),
-    novaConf: {found: text !== undefined, path: confPath},
+    novaConf: {files: files.map((f) => f.path)},
     origins: {
       cacheDir: cacheOrigin,
       instancesPath: instancesOrigin,

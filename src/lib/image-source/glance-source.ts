@@ -18,8 +18,11 @@ import {assertFetchable} from './status.js'
 interface GlanceImage {
   checksum?: null | string
   container_format?: null | string
+  direct_url?: null | string
   disk_format?: null | string
   id: string
+  /** Shown when glance-api has show_multiple_locations (and the caller may see them). */
+  locations?: Array<{metadata?: unknown; url?: null | string}> | null
   name?: null | string
   os_hash_algo?: null | string
   os_hash_value?: null | string
@@ -38,11 +41,17 @@ function opt<T>(value: null | T | undefined): T | undefined {
 }
 
 export function toImageRecord(image: GlanceImage): ImageRecord {
+  // Nova reads both (`nova/image/glance.py` `_extract_attributes` with include_locations): the
+  // direct_url is the first location.
+  const urls = [image.direct_url, ...(image.locations ?? []).map((l) => l.url)].filter(
+    (u): u is string => typeof u === 'string' && u.length > 0,
+  )
   return {
     checksum: opt(image.checksum),
     containerFormat: opt(image.container_format),
     diskFormat: opt(image.disk_format),
     id: image.id,
+    locations: urls.length > 0 ? [...new Set(urls)] : undefined,
     name: opt(image.name),
     osHashAlgo: opt(image.os_hash_algo),
     osHashValue: opt(image.os_hash_value),

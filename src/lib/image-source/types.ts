@@ -8,6 +8,8 @@ export interface ImageRecord {
   diskFormat?: string
   /** The Glance image id: the cache file is named by its SHA-1. */
   id: string
+  /** Where the image service stores the bytes (Glance's `direct_url` and `locations` URLs, when shown). */
+  locations?: string[]
   name?: string
   /** Algorithm of `osHashValue` (Glance's multihash, usually sha512). */
   osHashAlgo?: string

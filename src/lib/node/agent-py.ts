@@ -435,6 +435,20 @@ def text(q):
         if e.errno == errno.ENOENT: return None
         raise
 
+def conf_file(p):
+    try: return {"path": p, "text": read_text(p)}
+    except OSError as e: return {"path": p, "errorCode": ecode(e), "error": e.strerror or str(e)}
+
+def read_conf(q):
+    # oslo.config's --config-dir: glob("*.conf") in sorted order (a glob skips hidden names).
+    dirs = []
+    for d in q["dirs"]:
+        try: names = sorted(n for n in os.listdir(d) if n.endswith(".conf") and not n.startswith("."))
+        except OSError as e:
+            dirs.append({"path": d, "files": [], "errorCode": ecode(e), "error": e.strerror or str(e)}); continue
+        dirs.append({"path": d, "files": [conf_file(os.path.join(d, n)) for n in names]})
+    return {"files": [conf_file(p) for p in q["files"]], "dirs": dirs}
+
 def touch(q):
     # Nova touches through its privileged helper (nova.privsep.path.utime): a base that libvirt's
     # dynamic ownership gave to its qemu user is not the owner's to touch. Root's, then, but never
@@ -495,7 +509,8 @@ def reap_all():
         try: c["p"].wait(5)
         except subprocess.TimeoutExpired: c["p"].kill()
 
-OPS = {"create": create, "own": own, "digest": digest, "direct_io": direct_io, "kill": kill, "mkdirp": mkdirp, "read_ranges": read_ranges, "read_text": text,
+OPS = {"create": create, "own": own, "digest": digest, "direct_io": direct_io, "kill": kill, "mkdirp": mkdirp, "read_conf": read_conf,
+       "read_ranges": read_ranges, "read_text": text,
        "remove": remove, "rename": rename, "scan": scan, "stat": stat_one, "statfs": lambda q: fsusage(q["path"]),
        "spawn": spawn, "status": status, "sync_file": sync_file, "touch": touch, "write_atomic": write_atomic}
 

@@ -9,6 +9,8 @@ import {basename, dirname} from 'node:path'
 import type {
   CacheOwner,
   CacheScan,
+  ConfigRead,
+  ConfigReadRequest,
   EntryStat,
   FsUsage,
   InstancesRoot,
@@ -31,6 +33,7 @@ import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {loadExeca} from './execa-lazy.js'
 import {fsUsage, scanLocal, statEntry} from './local-scan.js'
+import {readConfigLocal} from './read-config.js'
 import {writebackFs} from './writeback.js'
 
 /** Bytes written to a file between two background fdatasyncs (see writebackFs). */
@@ -128,6 +131,10 @@ export class LocalNode implements Node {
       },
       stream,
     }
+  }
+
+  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
+    return readConfigLocal(request)
   }
 
   async readRanges(ranges: ReadRange[]): Promise<Buffer[]> {

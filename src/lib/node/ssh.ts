@@ -6,6 +6,8 @@ import {finished} from 'node:stream/promises'
 import type {
   CacheOwner,
   CacheScan,
+  ConfigRead,
+  ConfigReadRequest,
   EntryStat,
   FsUsage,
   InstancesRoot,
@@ -455,6 +457,10 @@ export class SshNode implements Node {
       },
       stream,
     }
+  }
+
+  async readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead> {
+    return this.request<ConfigRead>('read_conf', {...request}, 'cannot read', request.files[0] ?? request.dirs[0] ?? '')
   }
 
   async readRanges(ranges: ReadRange[]): Promise<Buffer[]> {

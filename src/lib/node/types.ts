@@ -156,6 +156,26 @@ export interface WriteFileOptions {
   signal?: AbortSignal
 }
 
+/** A configuration file read on a node: its text, or why not (`ENOENT` when it does not exist). */
+export interface TextFileRead {
+  error?: string
+  errorCode?: string
+  path: string
+  text?: string
+}
+
+/** Configuration files and directories to read in one round trip (nova.conf in oslo.config's order). */
+export interface ConfigReadRequest {
+  /** Directories whose `*.conf` files (not hidden ones) are read, in name order, as oslo.config's --config-dir. */
+  dirs: string[]
+  files: string[]
+}
+
+export interface ConfigRead {
+  dirs: Array<{error?: string; errorCode?: string; files: TextFileRead[]; path: string}>
+  files: TextFileRead[]
+}
+
 /**
  * The operations imgcache needs from a compute node: few and coarse, so that each is one round
  * trip over SSH. Implemented by LocalNode and SshNode; every command uses only this interface.
@@ -190,6 +210,8 @@ export interface Node {
    * a link or a non-regular file at `path` is refused (SafetyError UNSAFE_PATH) before a byte is written.
    */
   openWrite(path: string, options?: WriteFileOptions): Promise<NodeFileSink>
+  /** Read configuration files and directories; problems are reported per file, not thrown. */
+  readConfigFiles(request: ConfigReadRequest): Promise<ConfigRead>
   /** Read byte ranges of files in one round trip. A range past the end returns fewer bytes. */
   readRanges(ranges: ReadRange[]): Promise<Buffer[]>
   /** Read a text file; undefined when it does not exist. */

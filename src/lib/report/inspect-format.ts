@@ -111,16 +111,30 @@ function verifyLines(r: InspectResult, v: NonNullable<InspectResult['totals']['v
   return lines
 }
 
+/** The node's backend in a line, what the cache means there, and anything nova-compute would refuse. */
+function backendLines(r: InspectResult): string[] {
+  const b = r.backend
+  const type = b.imagesType === b.name ? b.name : `${b.name} (images_type = ${b.imagesType})`
+  const ceph = b.rbd ? `; pool ${b.rbd.pool}, Ceph cluster ${b.rbd.fsid ?? `unknown: ${b.rbd.fsidError ?? ''}`}` : ''
+  return [`  backend ${type}${ceph}: ${b.cache}`, ...b.notes.map((n) => `  warning: ${n}`)]
+}
+
 /** Human view of `imgcache inspect`: a table per node, totals, and what needs attention. */
 export function formatInspect(results: InspectResult[], options: {now?: number; verbose?: boolean} = {}): string {
   const now = options.now ?? Date.now()
   const out: string[] = []
   for (const r of results) {
-    out.push(`${r.node}: ${r.cacheDir}${r.cacheDirExists ? '' : ' (does not exist: nothing cached)'}`)
+    out.push(
+      `${r.node}: ${r.cacheDir}${r.cacheDirExists ? '' : ' (does not exist: nothing cached)'}`,
+      ...backendLines(r),
+    )
     if (options.verbose) {
       out.push(
+        r.settings.novaConfFiles.length > 0
+          ? `  nova.conf read, in order (later files win): ${r.settings.novaConfFiles.join(', ')}`
+          : '  no nova.conf found: Nova defaults',
         `  instances path from ${r.settings.instancesPathFrom}, cache dir from ${r.settings.cacheDirFrom}` +
-          `${r.settings.novaConf ? `, nova.conf ${r.settings.novaConf}` : ''}; originals removable after ${formatDuration(r.settings.minAgeSeconds)}` +
+          `; originals removable after ${formatDuration(r.settings.minAgeSeconds)}` +
           `, resized after ${formatDuration(r.settings.resizedMinAgeSeconds)}${r.settings.removeUnused ? '' : ', removal off'}`,
       )
     }

@@ -8,8 +8,18 @@ export interface ItemTotals {
   cached: number
   errors: number
   existing: number
+  /** Pairs the node's storage backend needs no cache for (an rbd clone): skipped, and a success. */
+  notNeeded: number
   /** Nodes that could not be reached (each counts once, as in Nova's log line). */
   skippedHosts: number
+}
+
+/** Skip codes that mean "nothing to cache on this backend" (backend/rules.ts), not "node unreachable". */
+const BACKEND_SKIPS = new Set(['RBD_CLONE', 'RBD_NEVER_DOWNLOAD'])
+
+/** A pair skipped because the node's backend does not need it cached: done, not failed. */
+export function isBackendSkip(item: ItemResult): boolean {
+  return item.status === 'skipped' && item.code !== undefined && BACKEND_SKIPS.has(item.code)
 }
 
 export function totalsOf(items: ItemResult[]): ItemTotals {
@@ -17,7 +27,8 @@ export function totalsOf(items: ItemResult[]): ItemTotals {
     cached: items.filter((i) => i.status === 'cached').length,
     errors: items.filter((i) => i.status === 'error').length,
     existing: items.filter((i) => i.status === 'existing').length,
-    skippedHosts: new Set(items.filter((i) => i.status === 'skipped').map((i) => i.node)).size,
+    notNeeded: items.filter((i) => isBackendSkip(i)).length,
+    skippedHosts: new Set(items.filter((i) => i.status === 'skipped' && !isBackendSkip(i)).map((i) => i.node)).size,
   }
 }
 
@@ -26,7 +37,8 @@ export function totalsOf(items: ItemResult[]): ItemTotals {
  * (Nova writes "1 errors" too), so that what matches Nova's log line matches this one.
  */
 export function totalsLine(t: ItemTotals): string {
-  return `${t.cached} cached, ${t.existing} existing, ${t.errors} errors, ${t.skippedHosts} skipped hosts`
+  const line = `${t.cached} cached, ${t.existing} existing, ${t.errors} errors, ${t.skippedHosts} skipped hosts`
+  return t.notNeeded > 0 ? `${line}; ${t.notNeeded} not needed on the node's storage backend` : line
 }
 
 /**
@@ -39,7 +51,7 @@ export function itemsExit(
   interrupted: boolean,
   options: {nothingSucceeded?: ExitCodeValue} = {},
 ): ExitCodeValue {
-  const ok = items.filter((i) => i.status === 'cached' || i.status === 'existing').length
+  const ok = items.filter((i) => i.status === 'cached' || i.status === 'existing' || isBackendSkip(i)).length
   const failed = items.length - ok
   if (interrupted) return ok > 0 ? ExitCode.Partial : ExitCode.Interrupted
   if (failed === 0) return ExitCode.Ok
