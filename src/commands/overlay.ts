@@ -26,7 +26,7 @@ export default class Overlay extends BaseCommand<typeof Overlay> {
   }
   /* eslint-enable perfectionist/sort-objects */
   static override description = withExitCodes(
-    `Creates a copy-on-write qcow2 disk backed by the cached base of IMAGE, the way Nova builds an instance's root disk: the base is populated first if needed, checked again with Nova's safety checks, touched, then under its lock nova-<sha1>: qemu-img create -f qcow2 -o backing_file=<absolute base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE].
+    `Creates a copy-on-write qcow2 disk backed by the cached base of IMAGE, the way Nova builds an instance's root disk: the base is populated first if needed, then under its lock nova-<sha1> checked again with Nova's safety checks, touched, and qemu-img create -f qcow2 -o backing_file=<absolute base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE]. A base that a prune removed meanwhile is fetched again once; removed again, overlay fails (exit 1, BASE_PRUNED) and makes no disk.
 
 overlay never overwrites DEST and never makes a disk smaller than the image.`,
   )

@@ -72,6 +72,9 @@ export interface PruneOptions {
   signal?: AbortSignal
 }
 
+/** The reason of an entry the first scan found in use (the re-check under the lock gives its own). */
+export const IN_USE = 'in use'
+
 /** What prune does with a planned entry (before acting): shared by prune and inspect. */
 export function pruneVerdict(
   item: PlanItem,
@@ -84,7 +87,7 @@ export function pruneVerdict(
     }
 
     case 'keep': {
-      if (v.reason === 'in-use') return {outcome: 'in-use', reason: 'in use'}
+      if (v.reason === 'in-use') return {outcome: 'in-use', reason: IN_USE}
       const removableAt = new Date(v.removableAtMs).toISOString()
       if (v.reason === 'too-young') {
         return {
@@ -314,7 +317,7 @@ async function removeRechecked(
 
         case 'in-use': {
           decision.outcome = 'in-use'
-          decision.reason = 'a disk made since the scan uses it (found when re-checked under the lock)'
+          decision.reason = 'a disk made since the scan uses it, found when re-checked under the lock'
           decision.users = verdict.users
           if (verdict.touch) toTouch.push(decision)
           break

@@ -5,6 +5,8 @@ import type {CacheScan} from '../../src/lib/node/types.js'
 import {cacheName} from '../../src/lib/cache/naming.js'
 import {lockOrder, NOVA_POLICY_DEFAULTS, planPrune, recheckRemoval} from '../../src/lib/cache/policy.js'
 import {computeUsage, indexScan} from '../../src/lib/cache/usage.js'
+import {IN_USE, type PruneDecision} from '../../src/lib/prune.js'
+import {decisionLevel, decisionText} from '../../src/lib/report/prune-format.js'
 import {libvirtXml} from '../fixtures/nova-host.js'
 import {file, instanceDir, NOW, qcow2Head, scanOf} from '../helpers/scan-builder.js'
 
@@ -106,5 +108,30 @@ describe('recheckRemoval: the re-scan under the lock decides', () => {
     const item = analyse(scanOf([file(A, 2 * DAY)]), NOVA_POLICY_DEFAULTS).plan[0]!
     const young = {...item, verdict: {action: 'keep', reason: 'too-young', removableAtMs: NOW} as const}
     expect(() => recheckRemoval(young, {guarded: false})).toThrow(/not planned for removal/)
+  })
+})
+
+describe('the log line of a base the re-check found in use', () => {
+  const decision: PruneDecision = {
+    ageSeconds: 2 * DAY,
+    bytes: 4096,
+    kind: 'original',
+    name: A,
+    outcome: 'in-use',
+    path: `${CACHE}/${A}`,
+    reason: 'a disk made since the scan uses it, found when re-checked under the lock',
+    touched: true,
+    users: ['vm-new'],
+  }
+
+  it('is shown by default and says why the base was kept, unlike an ordinary in-use base', () => {
+    expect(decisionLevel(decision)).toBe('info')
+    expect(decisionText('local', decision, false)).toBe(
+      `local: touched ${CACHE}/${A}: in use by vm-new (a disk made since the scan uses it, found when re-checked under the lock)`,
+    )
+    expect(decisionLevel({...decision, reason: IN_USE})).toBe('verbose')
+    expect(decisionText('local', {...decision, reason: IN_USE}, false)).toBe(
+      `local: touched ${CACHE}/${A}: in use by vm-new`,
+    )
   })
 })
