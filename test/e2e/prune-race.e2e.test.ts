@@ -3,6 +3,7 @@ import {chmod, chown, copyFile, mkdir, mkdtemp, readdir, rm, stat, utimes, write
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {createInterface} from 'node:readline'
+import {setTimeout} from 'node:timers/promises'
 import {fileURLToPath} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
@@ -192,7 +193,8 @@ describe("prune --min-age 0 (as root) racing Nova's own spawn (python3-nova, as 
     const spawner = new NovaSpawner(nova.name)
     try {
       await spawner.ready()
-      const tally = {novaFailed: 0, novaOk: 0, pruneRemoved: 0}
+      const tally = {novaFailed: 0, novaOk: 0, pruneRemoved: 0, pruneSawDisk: 0}
+      let pruneMs = 1000
       const broken: string[] = []
       const started = Date.now()
       for (let round = 0; round < ROUNDS; round++) {
@@ -207,15 +209,27 @@ describe("prune --min-age 0 (as root) racing Nova's own spawn (python3-nova, as 
         await mkdir(dir)
         await chown(dir, nova.uid, nova.gid)
         const dest = path.join(dir, 'disk')
+        // Nova's process is already running and answers at once, well before prune (a new process)
+        // has scanned: its request starts at a point spread over the previous round's prune, so
+        // that rounds meet prune at every step (scan, lock, re-scan, removal). Nothing is asserted
+        // about the timing, only about the files.
+        const delayMs = Math.round(((round % 10) / 10) * pruneMs)
+        const pruneStarted = Date.now()
         const [pruned, spawned] = await Promise.all([
-          runCli(['prune', '--min-age', '0', '--instances-path', root, '--json']),
-          spawner.spawn({dest, diskFormat: 'raw', imageFile: image, imageId: IMAGE_ID, instancesPath: root}),
+          runCli(['prune', '--min-age', '0', '--instances-path', root, '--json']).then((r) => {
+            pruneMs = Date.now() - pruneStarted
+            return r
+          }),
+          setTimeout(delayMs).then(() =>
+            spawner.spawn({dest, diskFormat: 'raw', imageFile: image, imageId: IMAGE_ID, instancesPath: root}),
+          ),
         ])
         const decision = (
           pruned.json as undefined | {nodes?: Array<{decisions?: Array<{name: string; outcome: string}>}>}
         )?.nodes?.[0]?.decisions?.find((d) => d.name === sha1(IMAGE_ID))
         if (pruned.exitCode !== 0) broken.push(`round ${round}: prune exited ${pruned.exitCode}: ${pruned.stderr}`)
         if (decision?.outcome === 'removed') tally.pruneRemoved++
+        if (decision?.outcome === 'in-use') tally.pruneSawDisk++
         if (spawned.ok) {
           tally.novaOk++
           const chain = await chainIntact(dest)

@@ -18,13 +18,13 @@ export const NOVA_POLICY_DEFAULTS: PolicySettings = {originalMinAge: 86_400, rem
 export type EntryKind = 'temporary' | 'unknown' | NovaKind
 
 export type Verdict =
-  /** In use by an instance; `touch`: refresh its mtime as Nova does. */
+  /** Not a cache entry by Nova's rules, nor a temporary of ours: never touched, never deleted. */
   | {action: 'ignore'; reason: 'not-a-cache-entry'}
-  /** Unused, but younger than its minimum age. */
+  /** In use by an instance; `touch`: refresh its mtime as Nova does. */
   | {action: 'keep'; reason: 'in-use'; touch: boolean}
   /** Unused and old enough, but `remove_unused_base_images` is off. */
   | {action: 'keep'; reason: 'removal-disabled'; removableAtMs: number}
-  /** Not a cache entry by Nova's rules, nor a temporary of ours: never touched, never deleted. */
+  /** Unused, but younger than its minimum age. */
   | {action: 'keep'; reason: 'too-young'; removableAtMs: number}
   /** Remove under the lock `lock`, if its mtime is still at or before `cutoffMs`. */
   | {action: 'remove'; cutoffMs: number; lock: string; removeLockFile: boolean}
