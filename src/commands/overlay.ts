@@ -26,7 +26,7 @@ export default class Overlay extends BaseCommand<typeof Overlay> {
   }
   /* eslint-enable perfectionist/sort-objects */
   static override description = withExitCodes(
-    `Creates a copy-on-write qcow2 disk backed by the cached base of IMAGE, the way Nova builds an instance's root disk: the base is populated first if needed, checked again with Nova's safety checks, touched, then under its lock nova-<sha1>: qemu-img create -f qcow2 -o backing_file=<absolute base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE].
+    `Creates a copy-on-write qcow2 disk backed by the cached base of IMAGE, the way Nova builds an instance's root disk: the base is populated first if needed, then under its lock nova-<sha1> checked again with Nova's safety checks, touched, and qemu-img create -f qcow2 -o backing_file=<absolute base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE]. A base that a prune removed meanwhile is fetched again once; removed again, overlay fails (exit 1, BASE_PRUNED) and makes no disk.
 
 The node's storage backend ([libvirt] images_type in its nova.conf) decides what is made, as Nova decides: a qcow2 overlay on qcow2 (and default with use_cow_images); on raw/flat a full copy of the base (cp under the lock, then qemu-img resize to SIZE), as Nova's Flat backend makes; on rbd, lvm and ploop nothing: overlay refuses with exit 2 before fetching, since Nova keeps those disks in Ceph, a logical volume or a ploop image.
 

@@ -19,6 +19,8 @@ export interface AnalyzeOptions {
 /** One node's cache as found: the scan, who uses what, and what prune would do with each entry. */
 export interface NodeAnalysis {
   node: Node
+  /** How the scan was made: a re-scan (prune's, under its locks) makes the same one. */
+  options: AnalyzeOptions
   plan: PlanItem[]
   /** Round trips the scan cost (1 scan + at most 2 batched reads of backing-chain headers). */
   roundTrips: number
@@ -80,5 +82,5 @@ export async function analyzeNode(
 
   const usage = computeUsage(scan, index, usageSettings)
   const plan = scan.cacheDir.exists ? planPrune(scan.cacheDir.entries, usage.uses, settings.policy, scan.now) : []
-  return {node, plan, roundTrips, scan, settings, usage}
+  return {node, options, plan, roundTrips, scan, settings, usage}
 }

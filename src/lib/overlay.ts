@@ -33,10 +33,10 @@ export interface OverlayResult {
 }
 
 /**
- * Nova's qcow2 instance disk (reference §3.4): the base is populated if needed and safety-checked
- * again (checks may be newer than the download), touched, its virtual size checked against the
- * requested size, then under the base's lock `qemu-img create -f qcow2 -o backing_file=<abs base>,
- * backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE]`. DEST is never overwritten.
+ * Nova's qcow2 instance disk (reference §3.4): the base is populated if needed, then under the
+ * base's lock (createLocked) checked again, touched, and `qemu-img create -f qcow2 -o
+ * backing_file=<abs base>,backing_fmt=<fmt>[,cluster_size=<base's>] DEST [SIZE]`. A base pruned
+ * before the lock is fetched again once. DEST is never overwritten.
  */
 export async function createOverlay(
   node: Node,
@@ -84,59 +84,127 @@ export async function createOverlay(
     })
   }
 
-  const base = await fetchIntoCache({image: image.record, node, settings, source: image.source}, options)
+  const target = {image: image.record, node, settings, source: image.source}
+  let base = await fetchIntoCache(target, options)
+  // A prune may remove the base between the fetch and the lock: fetch it again, once.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      // eslint-disable-next-line no-await-in-loop
+      const overlay = await createLocked(node, settings, image, dest, {...options, copy})
+      return {base, overlay}
+    } catch (error) {
+      if (!(error instanceof BaseGoneError)) throw error
+      if (attempt === 2) throw basePruned(node, error.path, image)
+    }
+
+    // eslint-disable-next-line no-await-in-loop
+    base = await fetchIntoCache(target, options)
+  }
+}
+
+/** The base was not there once its lock was held. */
+class BaseGoneError extends Error {
+  constructor(readonly path: string) {
+    super(`${path} is gone`)
+  }
+}
+
+function basePruned(node: Node, path: string, image: ResolvedImage): ImgcacheError {
+  const label = image.record.name ? `${image.record.name} (${image.record.id})` : image.record.id
+  return new ImgcacheError(
+    'BASE_PRUNED',
+    `the base ${path} of image ${label} was pruned meanwhile on ${node.description}, twice (once after it was fetched again); no disk was made`,
+    {
+      image: image.record.id,
+      node: node.name,
+      path,
+      suggestions: [
+        "Run the same command again once the prune (imgcache prune, or nova-compute's image cache pass) is over; a prune with --min-age 0 in a loop removes every base that no disk uses yet.",
+      ],
+    },
+  )
+}
+
+/**
+ * Under the base's lock, as Nova's Qcow2.create_image holds it around qemu-img create
+ * (nova/virt/libvirt/imagebackend.py): check that the base is still there (prune removes bases only
+ * under this lock, so it stays until the disk exists), check it again with Nova's safety checks
+ * (they may be newer than the download), check its virtual size against the requested size, touch
+ * it, and make the disk. Nova does the checks and the touch before the lock; holding it a little
+ * longer closes the gap in which a prune could remove the base between them.
+ */
+async function createLocked(
+  node: Node,
+  settings: CacheSettings,
+  image: ResolvedImage,
+  dest: string,
+  options: FetchOptions & {copy: boolean; size?: number},
+): Promise<OverlayResult['overlay']> {
+  const {copy} = options
   const paths = entryPaths(settings, image.record.id)
   const label = image.record.name ?? image.record.id
-
-  // The base is checked again before use: safety checks may have been added since it was cached.
-  const entry = await node.stat(paths.final)
-  const inspection = await inspectSource(
-    async (offset, length) => (await node.readRanges([{length, offset, path: paths.final}]))[0] ?? Buffer.alloc(0),
-    entry?.size ?? 0,
-    {vmdkAllowedTypes: settings.vmdkAllowedTypes},
-  )
-  const unsafe = inspectionError(inspection, image.record.id)
-  if (unsafe)
-    throw new SafetyError('BASE_UNSAFE', `base ${paths.final} failed the safety check: ${unsafe.message}`, {
-      image: image.record.id,
-      node: node.name,
-      suggestions: unsafe.suggestions,
-    })
-  const infoArgv = qemuInfoArgv(paths.final)
-  const infoResult = await node.run(infoArgv, {reject: false, timeoutMs: 120_000})
-  if (infoResult.exitCode !== 0)
-    throw qemuError(infoArgv, infoResult, {image: image.record.id, node: node.name, path: paths.final})
-  const info = parseQemuInfo(infoResult.stdout)
-  const refusal = verdictError(
-    checkQemuAgrees(qemuFormatName(inspection.format), info, {vmdkAllowedTypes: settings.vmdkAllowedTypes}),
-    image.record.id,
-  )
-  if (refusal)
-    throw new SafetyError('BASE_UNSAFE', `base ${paths.final} failed the safety check: ${refusal.message}`, {
-      image: image.record.id,
-      node: node.name,
-    })
-
-  if (options.size !== undefined && options.size > 0 && options.size < info.virtualSize) {
-    throw new UsageError(
-      'OVERLAY_TOO_SMALL',
-      `--size ${formatBytes(options.size)} is smaller than image ${label}'s virtual size ${formatBytes(info.virtualSize)} (${info.virtualSize} bytes)`,
-      {
-        field: '--size',
-        image: image.record.id,
-        suggestions: [`Give at least ${info.virtualSize} bytes, or leave --size out to use the image's size.`],
-      },
-    )
-  }
-
-  await node.touch([paths.final])
   const lock = await node.lock(paths.lock, {signal: options.signal, timeoutMs: options.lockTimeoutMs})
   try {
+    const entry = await node.stat(paths.final)
+    if (!entry) throw new BaseGoneError(paths.final)
+    const inspection = await inspectSource(
+      async (offset, length) => (await node.readRanges([{length, offset, path: paths.final}]))[0] ?? Buffer.alloc(0),
+      entry.size,
+      {vmdkAllowedTypes: settings.vmdkAllowedTypes},
+    )
+    const unsafe = inspectionError(inspection, image.record.id)
+    if (unsafe)
+      throw new SafetyError('BASE_UNSAFE', `base ${paths.final} failed the safety check: ${unsafe.message}`, {
+        image: image.record.id,
+        node: node.name,
+        suggestions: unsafe.suggestions,
+      })
+    const infoArgv = qemuInfoArgv(paths.final)
+    const infoResult = await node.run(infoArgv, {reject: false, timeoutMs: 120_000})
+    if (infoResult.exitCode !== 0)
+      throw qemuError(infoArgv, infoResult, {image: image.record.id, node: node.name, path: paths.final})
+    const info = parseQemuInfo(infoResult.stdout)
+    const refusal = verdictError(
+      checkQemuAgrees(qemuFormatName(inspection.format), info, {vmdkAllowedTypes: settings.vmdkAllowedTypes}),
+      image.record.id,
+    )
+    if (refusal)
+      throw new SafetyError('BASE_UNSAFE', `base ${paths.final} failed the safety check: ${refusal.message}`, {
+        image: image.record.id,
+        node: node.name,
+      })
+
+    if (options.size !== undefined && options.size > 0 && options.size < info.virtualSize) {
+      throw new UsageError(
+        'OVERLAY_TOO_SMALL',
+        `--size ${formatBytes(options.size)} is smaller than image ${label}'s virtual size ${formatBytes(info.virtualSize)} (${info.virtualSize} bytes)`,
+        {
+          field: '--size',
+          image: image.record.id,
+          suggestions: [`Give at least ${info.virtualSize} bytes, or leave --size out to use the image's size.`],
+        },
+      )
+    }
+
+    await node.touch([paths.final])
     await assertFree(node, dest)
     // qemu-img create replaces whatever is at its path: it writes a name of ours beside DEST, which
     // is then linked into place without replacing. A disk another process made meanwhile survives,
     // and a failure removes only our own file.
     const temporary = overlayTemporary(dest)
+    const overlay: OverlayResult['overlay'] = {
+      ...(copy
+        ? {copyOf: paths.final, format: info.format ?? 'raw', kind: 'copy' as const}
+        : {
+            backingFile: paths.final,
+            backingFormat: info.format ?? 'raw',
+            clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
+            format: 'qcow2',
+            kind: 'qcow2' as const,
+          }),
+      path: dest,
+      virtualSize: options.size !== undefined && options.size > 0 ? options.size : info.virtualSize,
+    }
     const argv = copy
       ? flatCopyArgv(paths.final, temporary)
       : qemuCreateOverlayArgv({
@@ -157,7 +225,12 @@ export async function createOverlay(
       if (result.exitCode !== 0) throw qemuError(argv, result, {image: image.record.id, node: node.name, path: dest})
       if (copy && options.size !== undefined && options.size > info.virtualSize) {
         const resize = flatResizeArgv(temporary, info.format ?? 'raw', options.size)
-        const resized = await node.run(resize, {reject: false, signal: options.signal, timeoutMs: 120_000})
+        const resized = await node.run(resize, {
+          asOwner: true,
+          reject: false,
+          signal: options.signal,
+          timeoutMs: 120_000,
+        })
         if (resized.exitCode !== 0)
           throw qemuError(resize, resized, {image: image.record.id, node: node.name, path: dest})
       }
@@ -169,25 +242,10 @@ export async function createOverlay(
       await node.remove(temporary).catch(() => 'missing')
       throw error
     }
+
+    return overlay
   } finally {
     await lock.release().catch(() => undefined)
-  }
-
-  return {
-    base,
-    overlay: {
-      ...(copy
-        ? {copyOf: paths.final, format: info.format ?? 'raw', kind: 'copy' as const}
-        : {
-            backingFile: paths.final,
-            backingFormat: info.format ?? 'raw',
-            clusterSize: info.format === 'qcow2' ? info.clusterSize : undefined,
-            format: 'qcow2',
-            kind: 'qcow2' as const,
-          }),
-      path: dest,
-      virtualSize: options.size !== undefined && options.size > 0 ? options.size : info.virtualSize,
-    },
   }
 }
 

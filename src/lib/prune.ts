@@ -1,10 +1,11 @@
 import {posix} from 'node:path'
 
-import type {NodeAnalysis} from './analysis.js'
-import type {PlanItem} from './cache/policy.js'
 import type {DiskProblem} from './cache/usage.js'
+import type {LockHandle} from './node/types.js'
 
+import {analyzeNode, type NodeAnalysis} from './analysis.js'
 import {SIDECAR_DIR} from './cache/naming.js'
+import {lockOrder, type PlanItem, recheckRemoval} from './cache/policy.js'
 import {formatDuration} from './duration.js'
 import {describeError, errnoCode, ImgcacheError} from './errors.js'
 
@@ -71,6 +72,9 @@ export interface PruneOptions {
   signal?: AbortSignal
 }
 
+/** The reason of an entry the first scan found in use (the re-check under the lock gives its own). */
+export const IN_USE = 'in use'
+
 /** What prune does with a planned entry (before acting): shared by prune and inspect. */
 export function pruneVerdict(
   item: PlanItem,
@@ -83,7 +87,7 @@ export function pruneVerdict(
     }
 
     case 'keep': {
-      if (v.reason === 'in-use') return {outcome: 'in-use', reason: 'in use'}
+      if (v.reason === 'in-use') return {outcome: 'in-use', reason: IN_USE}
       const removableAt = new Date(v.removableAtMs).toISOString()
       if (v.reason === 'too-young') {
         return {
@@ -170,6 +174,10 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
     }
   }
 
+  // Cache entries are removed together at the end, under all their locks at once and after one
+  // re-scan (removeRechecked); imgcache's stale temporaries one by one, as soon as their lock is free.
+  const decisions: PruneDecision[] = []
+  const batch: Removal[] = []
   for (const item of plan) {
     if (options.signal?.aborted) break
     const path = posix.join(settings.cacheDir, item.name)
@@ -183,22 +191,28 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
       outcome,
       path,
       reason,
-      touched: false,
+      touched: touches(item),
     }
     const use = usage.uses.get(item.name)
     if (use) decision.users = use.instances
     if (removableAt) decision.removableAt = removableAt
 
-    if (touches(item)) {
-      decision.touched = true
-      if (!options.dryRun) result.touched++
-    }
-
     if (outcome === 'removed' && item.verdict.action === 'remove' && !options.dryRun) {
-      // eslint-disable-next-line no-await-in-loop
-      await removeUnderLock(analysis, item, decision, options)
+      if (item.kind === 'temporary') {
+        // eslint-disable-next-line no-await-in-loop
+        await removeUnderLock(analysis, item, decision, options)
+      } else {
+        batch.push({decision, item, lock: item.verdict.lock})
+      }
     }
 
+    decisions.push(decision)
+  }
+
+  if (batch.length > 0) result.guard = [...result.guard, ...(await removeRechecked(analysis, batch, options))]
+
+  for (const decision of decisions) {
+    if (decision.touched && !options.dryRun) result.touched++
     if (decision.outcome === 'removed') {
       result.removed++
       result.reclaimedBytes += decision.bytes
@@ -217,15 +231,152 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
   return result
 }
 
-async function removeUnderLock(analysis: NodeAnalysis, item: PlanItem, decision: PruneDecision, options: PruneOptions) {
+/** A cache entry prune is about to remove, and its decision (updated in place). */
+interface Removal {
+  decision: PruneDecision
+  item: PlanItem
+  /** Its lock's file name (`nova-<name>`). */
+  lock: string
+}
+
+/**
+ * Remove cache entries the first scan found unused and old enough, beyond Nova: their locks are
+ * all taken first, in lockOrder (two prunes cannot deadlock), then ONE re-scan of the node says
+ * whether a disk made meanwhile uses any of them. An overlay, imgcache's or Nova's
+ * (imagebackend.py Qcow2.create_image), creates its disk under the same lock, so a disk that
+ * exists by the time prune holds the lock is in that re-scan, and one that does not yet exist will
+ * find the base gone under the lock. Locks are released on every path. Returns the instance disks
+ * the re-scan could not read (the guard: then nothing is removed).
+ */
+async function removeRechecked(
+  analysis: NodeAnalysis,
+  batch: Removal[],
+  options: PruneOptions,
+): Promise<NodeAnalysis['usage']['problems']> {
   const {node, settings} = analysis
-  if (item.verdict.action !== 'remove') return
-  const lockPath = posix.join(settings.lockDir, item.verdict.lock)
-  // Temporaries are removed only when nobody holds their lock right now; bases wait a bounded time.
-  const timeoutMs = item.kind === 'temporary' ? 0 : options.lockTimeoutMs
-  let lock
+  const held: Array<{handle: LockHandle; removal: Removal}> = []
+  let problems: NodeAnalysis['usage']['problems'] = []
   try {
-    lock = await node.lock(lockPath, {signal: options.signal, timeoutMs})
+    for (const removal of lockOrder(batch)) {
+      if (options.signal?.aborted) {
+        keepInterrupted(removal.decision)
+        continue
+      }
+
+      // eslint-disable-next-line no-await-in-loop
+      const handle = await takeLock(analysis, removal.item, removal.decision, options.lockTimeoutMs, options)
+      if (handle) held.push({handle, removal})
+    }
+
+    if (held.length === 0) return problems
+    if (options.signal?.aborted) {
+      for (const {removal} of held) keepInterrupted(removal.decision)
+      return problems
+    }
+
+    let fresh: NodeAnalysis
+    try {
+      fresh = await analyzeNode(node, settings, analysis.options)
+    } catch (error) {
+      for (const {removal} of held) {
+        removal.decision.outcome = 'error'
+        removal.decision.reason = `kept: cannot scan the node again under its lock: ${describeError(error)}`
+      }
+
+      return problems
+    }
+
+    problems = fresh.usage.problems
+    const entries = new Map(fresh.scan.cacheDir.entries.map((e) => [e.name, e]))
+    const toTouch: PruneDecision[] = []
+    for (const {removal} of held) {
+      const {decision, item} = removal
+      const verdict = recheckRemoval(item, {
+        entry: entries.get(item.name),
+        guarded: problems.length > 0,
+        use: fresh.usage.uses.get(item.name),
+      })
+      if (verdict.action === 'remove') {
+        // eslint-disable-next-line no-await-in-loop
+        await removeEntry(analysis, item, decision)
+        continue
+      }
+
+      switch (verdict.reason) {
+        case 'gone': {
+          decision.outcome = 'rechecked'
+          decision.reason = 'gone when re-checked under the lock'
+          break
+        }
+
+        case 'guarded': {
+          decision.outcome = 'guarded'
+          decision.reason = `unused and old enough, kept because an instance disk could not be read when re-checked under the lock (${problems.map((p) => p.path).join(', ')})`
+          break
+        }
+
+        case 'in-use': {
+          decision.outcome = 'in-use'
+          decision.reason = 'a disk made since the scan uses it, found when re-checked under the lock'
+          decision.users = verdict.users
+          if (verdict.touch) toTouch.push(decision)
+          break
+        }
+
+        case 'used-again': {
+          decision.outcome = 'rechecked'
+          decision.reason = 'used again while waiting for the lock (mtime refreshed)'
+          break
+        }
+      }
+    }
+
+    // Nova touches the in-use bases it finds (imagecache.py _age_and_verify_cached_images).
+    if (toTouch.length > 0) {
+      await node.touch(toTouch.map((d) => d.path)).then(
+        () => {
+          for (const d of toTouch) d.touched = true
+        },
+        () => undefined,
+      )
+    }
+  } finally {
+    for (const {handle} of held.toReversed()) {
+      // eslint-disable-next-line no-await-in-loop
+      await handle.release().catch(() => undefined)
+    }
+  }
+
+  // Nova removes a removed base's lock file outside the lock (even when the re-check kept the file);
+  // not when a disk was found using the base meanwhile, whose lock is in use again.
+  for (const {removal} of held) {
+    const {decision, item} = removal
+    if (item.verdict.action !== 'remove' || !item.verdict.removeLockFile) continue
+    if (decision.outcome !== 'removed' && decision.outcome !== 'rechecked') continue
+    // eslint-disable-next-line no-await-in-loop
+    await node.remove(posix.join(settings.lockDir, item.verdict.lock)).catch(() => 'missing')
+  }
+
+  return problems
+}
+
+function keepInterrupted(decision: PruneDecision): void {
+  decision.outcome = 'error'
+  decision.reason = 'kept: interrupted before it could be removed'
+}
+
+/** The entry's lock, or undefined with the decision saying why not (busy, or an error). */
+async function takeLock(
+  analysis: NodeAnalysis,
+  item: PlanItem,
+  decision: PruneDecision,
+  timeoutMs: number,
+  options: PruneOptions,
+): Promise<LockHandle | undefined> {
+  if (item.verdict.action !== 'remove') return undefined
+  const lockPath = posix.join(analysis.settings.lockDir, item.verdict.lock)
+  try {
+    return await analysis.node.lock(lockPath, {signal: options.signal, timeoutMs})
   } catch (error) {
     if (error instanceof ImgcacheError && error.code === 'LOCK_BUSY') {
       decision.outcome = 'locked'
@@ -233,16 +384,22 @@ async function removeUnderLock(analysis: NodeAnalysis, item: PlanItem, decision:
         item.kind === 'temporary'
           ? 'a download or conversion holds its lock: still in progress'
           : `its lock ${lockPath} is held by another process; skipped (waited ${Math.round(timeoutMs / 1000)} s)`
-      return
+      return undefined
     }
 
     decision.outcome = 'error'
-    decision.reason = `cannot take its lock: ${describeError(error)}`
-    return
+    decision.reason = options.signal?.aborted
+      ? 'kept: interrupted while waiting for its lock'
+      : `cannot take its lock: ${describeError(error)}`
+    return undefined
   }
+}
 
+/** Remove one entry whose lock is held, if its mtime is still at or before the cut-off (Nova's re-check). */
+async function removeEntry(analysis: NodeAnalysis, item: PlanItem, decision: PruneDecision): Promise<void> {
+  if (item.verdict.action !== 'remove') return
   try {
-    const removed = await node.remove(decision.path, {olderThanMs: item.verdict.cutoffMs})
+    const removed = await analysis.node.remove(decision.path, {olderThanMs: item.verdict.cutoffMs})
     if (removed !== 'removed') {
       decision.outcome = 'rechecked'
       decision.reason =
@@ -254,13 +411,22 @@ async function removeUnderLock(analysis: NodeAnalysis, item: PlanItem, decision:
     decision.outcome = 'error'
     decision.reason = `failed to remove: ${describeError(error)}`
     if (errnoCode((error as {cause?: unknown}).cause) === 'EACCES') decision.reason += ' (run as root or the nova user)'
+  }
+}
+
+/** A stale temporary: removed only when nobody holds its lock right now (a download in progress does). */
+async function removeUnderLock(analysis: NodeAnalysis, item: PlanItem, decision: PruneDecision, options: PruneOptions) {
+  if (item.verdict.action !== 'remove') return
+  const lock = await takeLock(analysis, item, decision, 0, options)
+  if (!lock) return
+  try {
+    await removeEntry(analysis, item, decision)
   } finally {
     await lock.release()
   }
 
-  // Nova removes a removed base's lock file outside the lock (even when the re-check kept the file).
   if (item.verdict.removeLockFile) {
-    await node.remove(lockPath).catch(() => 'missing')
+    await analysis.node.remove(posix.join(analysis.settings.lockDir, item.verdict.lock)).catch(() => 'missing')
   }
 }
 

@@ -18,13 +18,13 @@ export const NOVA_POLICY_DEFAULTS: PolicySettings = {originalMinAge: 86_400, rem
 export type EntryKind = 'temporary' | 'unknown' | NovaKind
 
 export type Verdict =
-  /** In use by an instance; `touch`: refresh its mtime as Nova does. */
+  /** Not a cache entry by Nova's rules, nor a temporary of ours: never touched, never deleted. */
   | {action: 'ignore'; reason: 'not-a-cache-entry'}
-  /** Unused, but younger than its minimum age. */
+  /** In use by an instance; `touch`: refresh its mtime as Nova does. */
   | {action: 'keep'; reason: 'in-use'; touch: boolean}
   /** Unused and old enough, but `remove_unused_base_images` is off. */
   | {action: 'keep'; reason: 'removal-disabled'; removableAtMs: number}
-  /** Not a cache entry by Nova's rules, nor a temporary of ours: never touched, never deleted. */
+  /** Unused, but younger than its minimum age. */
   | {action: 'keep'; reason: 'too-young'; removableAtMs: number}
   /** Remove under the lock `lock`, if its mtime is still at or before `cutoffMs`. */
   | {action: 'remove'; cutoffMs: number; lock: string; removeLockFile: boolean}
@@ -131,4 +131,42 @@ function planEntry(
 /** Whether a name in the cache dir is imgcache's own metadata directory. */
 export function isSidecarDir(name: string): boolean {
   return name === SIDECAR_DIR
+}
+
+/**
+ * The order prune takes the locks of the entries it is about to remove: by lock name, each once.
+ * Every prune takes them in the same order, so two prunes never wait for each other in a cycle.
+ */
+export function lockOrder<T extends {lock: string}>(removals: readonly T[]): T[] {
+  const byLock = new Map<string, T>()
+  for (const r of removals) if (!byLock.has(r.lock)) byLock.set(r.lock, r)
+  return [...byLock.values()].sort((a, b) => (a.lock < b.lock ? -1 : a.lock > b.lock ? 1 : 0))
+}
+
+/** What a fresh scan, made while prune holds an entry's lock, says about removing it. */
+export type Recheck =
+  /** Gone already (another prune, or Nova's own pass). */
+  | {action: 'keep'; reason: 'gone'}
+  /** An instance disk that could not be read appeared meanwhile: keep everything (the guard). */
+  | {action: 'keep'; reason: 'guarded'}
+  /** A disk made since the first scan uses it: keep it, and touch it when Nova would. */
+  | {action: 'keep'; reason: 'in-use'; touch: boolean; users: string[]}
+  /** Its mtime moved past the cut-off: something used it since the first scan. */
+  | {action: 'keep'; reason: 'used-again'}
+  /** Still unused and old enough: remove it now, before the lock is released. */
+  | {action: 'remove'}
+
+/**
+ * The re-check under the lock, beyond Nova's (which looks at existence and age only,
+ * nova/virt/imagecache.py `_remove_old_enough_file`): a disk created over the base between the
+ * first scan and the lock (an overlay holds the same lock while it creates the disk) now shows in
+ * the fresh scan, and keeps the base. Pure: `fresh` is what the re-scan found for this entry.
+ */
+export function recheckRemoval(item: PlanItem, fresh: {entry?: EntryStat; guarded: boolean; use?: EntryUse}): Recheck {
+  if (item.verdict.action !== 'remove') throw new Error(`recheckRemoval: ${item.name} was not planned for removal`)
+  if (fresh.guarded) return {action: 'keep', reason: 'guarded'}
+  if (!fresh.entry) return {action: 'keep', reason: 'gone'}
+  if (fresh.use) return {action: 'keep', reason: 'in-use', touch: fresh.use.touch, users: fresh.use.instances}
+  if (fresh.entry.mtimeMs > item.verdict.cutoffMs) return {action: 'keep', reason: 'used-again'}
+  return {action: 'remove'}
 }

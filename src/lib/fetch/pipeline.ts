@@ -120,7 +120,7 @@ export async function fetchIntoCache(target: FetchTarget, options: FetchOptions)
   progress('checking')
   await node.mkdirp(settings.cacheDir)
   if (!options.force) {
-    const existing = await checkExisting(node, paths, image, settings)
+    const existing = await checkExistingUnlocked(node, paths, image, settings)
     if (existing) return {...base, ...existing, durationMs: Date.now() - started, status: 'existing'}
   }
 
@@ -156,6 +156,25 @@ export async function fetchIntoCache(target: FetchTarget, options: FetchOptions)
 }
 
 type Paths = ReturnType<typeof entryPaths>
+
+/**
+ * checkExisting before the lock is taken: a prune (imgcache's or Nova's) may remove the entry
+ * between two of its steps (stat, inspect, touch). An entry gone by then is simply not cached: the
+ * caller takes the lock and checks again, and fetches it. Under the lock nothing removes it.
+ */
+async function checkExistingUnlocked(
+  node: Node,
+  paths: Paths,
+  image: ImageRecord,
+  settings: CacheSettings,
+): Promise<Awaited<ReturnType<typeof checkExisting>>> {
+  try {
+    return await checkExisting(node, paths, image, settings)
+  } catch (error) {
+    if ((await node.stat(paths.final).catch(() => 'unknown')) === undefined) return undefined
+    throw error
+  }
+}
 
 async function fetchLocked(
   target: FetchTarget,

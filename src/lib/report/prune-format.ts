@@ -1,6 +1,7 @@
 import type {PruneDecision, PruneResult} from '../prune.js'
 
 import {formatBytes, formatDuration} from '../duration.js'
+import {IN_USE} from '../prune.js'
 
 export type LogLevel = 'error' | 'info' | 'verbose' | 'warn'
 
@@ -8,7 +9,8 @@ export type LogLevel = 'error' | 'info' | 'verbose' | 'warn'
 export function decisionLevel(d: PruneDecision): LogLevel {
   if (d.outcome === 'error') return 'error'
   if (d.outcome === 'guarded' || d.outcome === 'locked') return 'warn'
-  if (d.outcome === 'removed') return 'info'
+  // A base found in use only by the re-check under its lock: a disk was made over it meanwhile.
+  if (d.outcome === 'removed' || (d.outcome === 'in-use' && d.reason !== IN_USE)) return 'info'
   return 'verbose'
 }
 
@@ -29,7 +31,7 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
     }
 
     case 'in-use': {
-      return `${prefix}${d.touched ? (dryRun ? 'would touch' : 'touched') : 'kept'} ${d.path}: in use by ${(d.users ?? []).join(', ')}`
+      return `${prefix}${d.touched ? (dryRun ? 'would touch' : 'touched') : 'kept'} ${d.path}: in use by ${(d.users ?? []).join(', ')}${d.reason === IN_USE ? '' : ` (${d.reason})`}`
     }
 
     case 'locked': {
