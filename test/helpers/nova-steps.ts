@@ -1,7 +1,8 @@
 /**
  * nova-compute's own code, run as the `nova` user (umask 022) by test/harness/nova-steps.py: one
- * long-lived python3-nova process per host, answering one JSON line per request, so that Nova is
- * imported once and its in-memory database keeps the host's instances from one request to the next.
+ * long-lived python3-nova process serving every host of a test file, one JSON line per request and per
+ * answer (in order), so that Nova is imported once (seconds of CPU) and its in-memory database keeps
+ * each host's instances from one request to the next.
  */
 import {execa, type ResultPromise} from 'execa'
 import {createInterface} from 'node:readline'
@@ -13,13 +14,17 @@ export const NOVA_STEPS = fileURLToPath(new URL('../harness/nova-steps.py', impo
 export type StepResults = Record<string, null | string>
 
 export interface NovaSteps {
-  /** Nova's stderr so far (its logs): shown when a step fails. */
-  log(): string
-  request(body: Record<string, unknown>): Promise<StepResults>
+  /** The ERROR and CRITICAL lines Nova logged so far (its whole log is on the process's stderr). */
+  errors(): string[]
+  /**
+   * Run Nova's steps on one host: `host` is its nova.conf `host` (a host name, one per instances
+   * path, so that the database keeps each host's instances apart).
+   */
+  request(host: string, instancesPath: string, body: Record<string, unknown>): Promise<StepResults>
   stop(): Promise<void>
 }
 
-export async function startNovaSteps(host: string, instancesPath: string, user = 'nova'): Promise<NovaSteps> {
+export async function startNovaSteps(user = 'nova'): Promise<NovaSteps> {
   const child: ResultPromise = execa(
     'runuser',
     ['-u', user, '--', 'sh', '-c', 'umask 022 && exec /usr/bin/python3 "$@"', 'sh', NOVA_STEPS],
@@ -42,8 +47,8 @@ export async function startNovaSteps(host: string, instancesPath: string, user =
   const ready = await next()
   if (!ready.includes('"ready"')) throw new Error(`nova-steps.py did not start as ${user}:\n${stderr}`)
   return {
-    log: () => stderr,
-    async request(body) {
+    errors: () => stderr.split('\n').filter((l) => /^nova: (ERROR|CRITICAL)/.test(l)),
+    async request(host, instancesPath, body) {
       const answer = next()
       child.stdin!.write(JSON.stringify({host, instancesPath, ...body}) + '\n')
       const line = await answer

@@ -31,10 +31,10 @@ export async function snapshot(root: string): Promise<Tree> {
 }
 
 export interface Changes {
-  /** Entries that are new, or replaced (another inode) since `before`. */
-  created: string[]
   /** Entries that kept their inode but changed owner, group, mode or kind: "<path>: <before> -> <after>". */
   altered: string[]
+  /** Entries that are new, or replaced (another inode) since `before`. */
+  created: string[]
 }
 
 export function changes(before: Tree, after: Tree): Changes {
