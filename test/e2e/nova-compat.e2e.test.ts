@@ -39,8 +39,12 @@ const IMAGE_B = uuid('b0000000', 1)
 const IMAGE_NOVA = uuid('c0000000', 1)
 /** Bases imgcache populates for Nova to remove, one per operation (and one for imgcache's prune). */
 const SPARES = [1, 2, 3, 4, 5].map((n) => uuid('e0000000', n))
-const OVERLAY_INSTANCE = uuid('30000000', 1)
-const NOVA_INSTANCE = uuid('40000000', 1)
+/** Instance uuids are unique in the one nova database: the host's number is in them. */
+const instance = (host: Host, kind: string, n: number) =>
+  `${kind}-${String(hosts.indexOf(host) + 1).padStart(4, '0')}-4000-8000-${String(n).padStart(12, '0')}`
+/** The instance whose disk `imgcache overlay` makes; the one Nova built before imgcache came. */
+const overlayInstance = (host: Host) => instance(host, '30000000', 1)
+const novaInstance = (host: Host) => instance(host, '40000000', 1)
 
 const OPERATIONS = ['populate', 'overlay', 'prune', 'inspect'] as const
 type Operation = (typeof OPERATIONS)[number]
@@ -90,13 +94,13 @@ const key = (host: Host) => host.label
 /** Nova's steps after each operation, and the image whose base it must reuse and lock. */
 function novaSteps(host: Host, op: Operation, round: number): Record<string, unknown> {
   return {
-    download: {diskFormat: 'qcow2', imageId: uuid('d0000000', round), source, uuid: uuid('20000000', round)},
+    download: {diskFormat: 'qcow2', imageId: uuid('d0000000', round), source, uuid: instance(host, '20000000', round)},
     imageId: op === 'overlay' ? IMAGE_B : IMAGE_A,
     op: 'steps',
     // imgcache's overlay, from the overlay operation on.
     overlays: op === 'populate' ? [] : [overlay(host)],
     removable: SPARES[round - 1],
-    reuseUuid: uuid('10000000', round),
+    reuseUuid: instance(host, '10000000', round),
   }
 }
 
@@ -108,7 +112,7 @@ async function operation(host: Host, op: Operation): Promise<CliResult[]> {
     }
 
     case 'overlay': {
-      const dest = join(host.instancesPath, OVERLAY_INSTANCE, 'disk')
+      const dest = overlay(host)
       return [
         await cli(['overlay', source, dest, '--image-id', IMAGE_B, '--checksum', sourceChecksum, '--size', '32M']),
       ]
@@ -139,8 +143,8 @@ async function runHost(host: Host): Promise<void> {
   for (const [i, op] of OPERATIONS.entries()) {
     if (op === 'overlay') {
       // nova-compute makes the instance directory, and knows the instance (its database row).
-      await runAs(novaAccount.name, ['mkdir', join(instancesPath, OVERLAY_INSTANCE)])
-      expectNull(await nova({imageId: IMAGE_B, op: 'instance', uuid: OVERLAY_INSTANCE}))
+      await runAs(novaAccount.name, ['mkdir', join(instancesPath, overlayInstance(host))])
+      expectNull(await nova({imageId: IMAGE_B, op: 'instance', uuid: overlayInstance(host)}))
     }
 
     if (op === 'prune') {
@@ -173,7 +177,7 @@ async function runHost(host: Host): Promise<void> {
   }
 }
 
-const overlay = (host: Host) => join(host.instancesPath, OVERLAY_INSTANCE, 'disk')
+const overlay = (host: Host) => join(host.instancesPath, overlayInstance(host), 'disk')
 
 function expectNull(results: StepResults): void {
   if (Object.values(results).some((v) => v !== null))
@@ -191,7 +195,7 @@ async function prepare(host: Host, nova: Nova): Promise<void> {
   }
 
   if (host.variant === 'nova-cached') {
-    expectNull(await nova({diskFormat: 'qcow2', imageId: IMAGE_NOVA, op: 'spawn', source, uuid: NOVA_INSTANCE}))
+    expectNull(await nova({diskFormat: 'qcow2', imageId: IMAGE_NOVA, op: 'spawn', source, uuid: novaInstance(host)}))
   }
 }
 
