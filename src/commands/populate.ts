@@ -66,11 +66,13 @@ populate never leaves a half-written file at a cache name, never runs qemu-img o
     const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
     const labels = images.map((i) => ({id: i.record.id, label: i.record.name ?? i.ref}))
     const kind = chooseRenderer({
+      columns: process.stderr.columns,
       env: process.env,
       items: specs.length * images.length,
       json: this.jsonEnabled(),
       multiNode: specs.length > 1,
       quiet: this.flags.quiet,
+      rows: process.stderr.rows,
       stderrIsTTY: Boolean(process.stderr.isTTY),
       stdoutIsTTY: Boolean(process.stdout.isTTY),
     })

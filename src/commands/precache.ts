@@ -111,11 +111,13 @@ Everything a single populate guarantees holds on every node: verified, inspected
     })
     const via = (this.flags.via ?? config.defaults?.via ?? 'node') as Via
     const kind = chooseRenderer({
+      columns: process.stderr.columns,
       env: process.env,
       items: specs.length * images.length,
       json: this.jsonEnabled(),
       multiNode: true,
       quiet: this.flags.quiet,
+      rows: process.stderr.rows,
       stderrIsTTY: Boolean(process.stderr.isTTY),
       stdoutIsTTY: Boolean(process.stdout.isTTY),
     })

@@ -11,7 +11,7 @@ import type {PopulateReport} from '../../src/commands/populate.js'
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {overlayTemporary} from '../../src/lib/overlay.js'
 import {libvirtXml, sha1} from '../fixtures/nova-host.js'
-import {BIN, type CliResult, runCli} from '../helpers/cli.js'
+import {BIN, type CliResult, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {type CorpusName, makeImageCorpus} from '../helpers/image-corpus.js'
@@ -66,20 +66,10 @@ function cli(command: 'overlay' | 'populate', root: string, args: string[]): Pro
 }
 
 /** The CLI as a process of its own group (what a terminal's Ctrl-C reaches), not awaited; killed when the test ends. */
-function spawnCli(root: string, args: string[], json = true): ResultPromise {
-  const child = execa(
-    'node',
-    [BIN, 'populate', ...args, '--instances-path', root, '--config', config, ...(json ? ['--json'] : [])],
-    {
-      detached: true,
-      env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
-      reject: false,
-    },
-  )
-  onTestFinished(() => {
-    child.kill('SIGKILL')
+function spawnPopulate(root: string, args: string[], json = true): ResultPromise {
+  return spawnCli(['populate', ...args, '--instances-path', root, '--config', config, ...(json ? ['--json'] : [])], {
+    detached: true,
   })
-  return child
 }
 
 function parse<T>(stdout: unknown): T {
@@ -268,7 +258,7 @@ describe('imgcache populate', () => {
     const content = payload(12, 3 * MiB)
     const id = await alias('killed', content, {rate: MiB})
     const host = instances('killed')
-    const child = spawnCli(host.root, ['killed'])
+    const child = spawnPopulate(host.root, ['killed'])
     await until('the .part to grow', async () => (await sizeOf(host.part(id))) >= 256 * 1024)
     child.kill('SIGKILL')
     await child
@@ -294,7 +284,7 @@ describe('imgcache populate', () => {
     const content = payload(13, 3 * MiB)
     const id = await alias('no-range', content, {ranges: false, rate: MiB})
     const host = instances('no-range')
-    const child = spawnCli(host.root, ['no-range'])
+    const child = spawnPopulate(host.root, ['no-range'])
     await until('the .part to grow', async () => (await sizeOf(host.part(id))) >= 256 * 1024)
     child.kill('SIGKILL')
     await child
@@ -315,7 +305,7 @@ describe('imgcache populate', () => {
     const content = payload(14, 3 * MiB)
     const id = await alias('interrupted', content, {rate: MiB})
     const host = instances('interrupted')
-    const child = spawnCli(host.root, ['interrupted'])
+    const child = spawnPopulate(host.root, ['interrupted'])
     await until('the .part to grow', async () => (await sizeOf(host.part(id))) >= 256 * 1024)
     expect(await osloSees(host.lock(id))).toBe('BUSY')
     process.kill(-child.pid!, 'SIGINT')
@@ -330,7 +320,7 @@ describe('imgcache populate', () => {
     const content = payload(15, 2 * MiB)
     const id = await alias('twice', content, {rate: MiB})
     const host = instances('twice')
-    const results = await Promise.all([spawnCli(host.root, ['twice']), spawnCli(host.root, ['twice'])])
+    const results = await Promise.all([spawnPopulate(host.root, ['twice']), spawnPopulate(host.root, ['twice'])])
     expect(results.map((r) => r.exitCode)).toEqual([0, 0])
     const statuses = results.map((r) => parse<PopulateReport>(r.stdout).items[0]?.status).sort()
     expect(statuses).toEqual(['cached', 'existing'])
@@ -346,8 +336,8 @@ describe('imgcache populate', () => {
     await mkdir(host.lockDir, {recursive: true})
     const holder = await holdOsloLock(host.lockDir, sha1(id))
     onTestFinished(() => holder.kill())
-    const first = spawnCli(host.root, ['contended', '--lock-timeout', '60'])
-    const second = spawnCli(host.root, ['contended', '--lock-timeout', '60'])
+    const first = spawnPopulate(host.root, ['contended', '--lock-timeout', '60'])
+    const second = spawnPopulate(host.root, ['contended', '--lock-timeout', '60'])
     // While nova-compute holds the lock, neither writes a byte into the cache.
     await new Promise((resolve) => {
       setTimeout(resolve, 1500)
@@ -393,7 +383,7 @@ describe('imgcache populate', () => {
     await mkdir(host.lockDir, {recursive: true})
     const holder = await holdOsloLock(host.lockDir, sha1(raw.id))
     onTestFinished(() => holder.kill())
-    const child = spawnCli(host.root, [raw.id, '--lock-timeout', '60'], false)
+    const child = spawnPopulate(host.root, [raw.id, '--lock-timeout', '60'], false)
     let stderr = ''
     child.stderr?.on('data', (chunk: Buffer) => {
       stderr += chunk.toString()
@@ -538,18 +528,7 @@ async function instance(root: string, dir: string, imageId: string): Promise<voi
 
 /** inspect --verify --json as a process of its own, not awaited (Ctrl-C tests); killed when the test ends. */
 function spawnVerify(root: string, configFile: string): ResultPromise {
-  const child = execa(
-    'node',
-    [BIN, 'inspect', '--verify', '--instances-path', root, '--config', configFile, '--json'],
-    {
-      env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
-      reject: false,
-    },
-  )
-  onTestFinished(() => {
-    child.kill('SIGKILL')
-  })
-  return child
+  return spawnCli(['inspect', '--verify', '--instances-path', root, '--config', configFile, '--json'])
 }
 
 /** Ctrl-C once `ready`: the run must end within 3 s, interrupted (exit 130). Its stdout. */
@@ -808,7 +787,8 @@ describe('an overlay killed before its rename', () => {
 
 describe('glance-api killed mid-transfer', () => {
   it('fails naming the transfer (exit 1), removes the temporaries and releases the lock; works once Glance is back', async () => {
-    const content = payload(16, 8 * MiB)
+    // From 64 MiB on, the bytes are hashed on a worker thread (fetch/tap.ts), which must not outlive the run.
+    const content = payload(16, 72 * MiB)
     const image = await glance.uploadImage({data: content, diskFormat: 'raw', name: 'e2e-fifo'})
     // Glance's file store reads the image file as it sends it: a FIFO in its place lets the test
     // decide how far the transfer gets before glance-api is killed.
@@ -816,7 +796,7 @@ describe('glance-api killed mid-transfer', () => {
     await rename(stored, `${stored}.kept`)
     await execa('mkfifo', [stored])
     const host = instances('glance-killed')
-    const child = spawnCli(host.root, ['e2e-fifo'])
+    const child = spawnPopulate(host.root, ['e2e-fifo'])
     const fifo = await open(stored, 'w')
     await fifo.write(content.subarray(0, 3 * MiB)).catch(() => undefined)
     await until('the .part to grow', async () => (await sizeOf(host.part(image.id))) >= 2 * MiB)

@@ -12,7 +12,7 @@ import type {ItemResult} from '../../src/lib/populate.js'
 
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {sha1} from '../fixtures/nova-host.js'
-import {BIN, type CliResult, flat, runCli} from '../helpers/cli.js'
+import {BIN, type CliResult, flat, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {makeImageCorpus} from '../helpers/image-corpus.js'
@@ -106,16 +106,15 @@ function precache(configFile: string, args: string[], env: Record<string, string
 }
 
 /** The CLI in a process group of its own (what a terminal's Ctrl-C reaches), not awaited; killed when the test ends. */
-function spawnPrecache(configFile: string, args: string[], env: Record<string, string> = {}): ResultPromise {
-  const child = execa('node', [BIN, 'precache', ...args, '--config', configFile, '--spool-dir', spoolDir()], {
+function spawnPrecache(
+  configFile: string,
+  args: string[],
+  options: {env?: Record<string, string>; timeoutMs?: number} = {},
+): ResultPromise {
+  return spawnCli(['precache', ...args, '--config', configFile, '--spool-dir', spoolDir()], {
     detached: true,
-    env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production', ...env},
-    reject: false,
+    ...options,
   })
-  onTestFinished(() => {
-    child.kill('SIGKILL')
-  })
-  return child
 }
 
 /**
@@ -871,8 +870,7 @@ describe('imgcache precache', () => {
         ...(text.match(/x-auth-token/gi) ?? []).map(() => 'the token header'),
       ]
       const child = spawnPrecache(configFile, ['--aggregate', 'web', '--via', via, '--verbose'], {
-        OS_CLIENT_CONFIG_FILE: keystone.cloudsYamlPath,
-        OS_CLOUD: cloud,
+        env: {OS_CLIENT_CONFIG_FILE: keystone.cloudsYamlPath, OS_CLOUD: cloud},
       })
       const {found, samples, seen} = await watchArgvs(child, leaks)
       const result = await child
@@ -889,25 +887,48 @@ describe('imgcache precache', () => {
     },
   )
 
-  it.each(['node', 'relay'])(
-    '--via %s: glance-api killed mid-run: the image in flight fails naming the image service, temporaries removed (exit 3)',
-    async (via) => {
+  // Without --retries the default (2) applies: the retries find glance-api gone, and the run must
+  // still end (it once hung for good in relay mode after the last retry).
+  it.each([
+    {retries: ['--retries', '0'], seed: 50, via: 'node'},
+    {retries: ['--retries', '0'], seed: 51, via: 'relay'},
+    {retries: [], seed: 52, via: 'node'},
+    {retries: [], seed: 53, via: 'relay'},
+  ])(
+    '--via $via $retries: glance-api killed mid-run: the image in flight fails on every node and the local host naming the image service, temporaries removed (exit 3)',
+    async ({retries, seed, via}) => {
       if (!(await glanceAnswers())) await restartGlance()
-      const sub = `glance-killed-${via}`
-      const content = payload(via === 'node' ? 50 : 51, 8 * MiB)
-      const name = `e2e-fifo-${via}`
+      const sub = `glance-killed-${via}-${seed}`
+      // From 64 MiB on, the bytes are hashed on a worker thread (fetch/tap.ts): the size that hung.
+      const content = payload(seed, 72 * MiB)
+      const name = `e2e-fifo-${via}-${seed}`
       const image = await glance.uploadImage({data: content, diskFormat: 'raw', name})
       // Glance's file store reads the image file as it sends it: a FIFO in its place lets the test
       // decide how far the transfers get before glance-api is killed.
       const stored = path.join(glanceDir, 'images', image.id)
       await rm(stored)
       await execa('mkfifo', [stored])
-      const configFile = await writeConfig(sub, {aggregates: {web: {images: ['e2e-raw', name], nodes: FLEET}}})
-      const child = spawnPrecache(configFile, ['--aggregate', 'web', '--via', via, '--retries', '0', '--json'])
+      // Three SSH nodes and the local host (bytes through got straight to disk, hashed here).
+      const local = {cacheDir: path.join(work, sub, 'local', '_base'), root: path.join(work, sub, 'local')}
+      const configFile = await writeConfig(sub, {
+        aggregates: {web: {images: ['e2e-raw', name], nodes: [...FLEET, 'here']}},
+        nodes: {here: {instancesPath: local.root}},
+      })
+      // e2e-raw is there before: glance-api blocks on the FIFO once it is empty, and whichever
+      // transfer reaches the FIFO first (the local host's, often) would hold back the others' e2e-raw.
+      expect((await precache(configFile, ['--aggregate', 'web', '--via', via, '--json', 'e2e-raw'])).exitCode).toBe(0)
+      // The watchdog well inside the test's time: the upload above takes a share of it.
+      const child = spawnPrecache(configFile, ['--aggregate', 'web', '--via', via, ...retries, '--json'], {
+        timeoutMs: 60_000,
+      })
       const fifo = await open(stored, 'w')
       await fifo.write(content.subarray(0, 3 * MiB)).catch(() => undefined)
+      // Every GET of the image reads the same FIFO: whichever transfer took the bytes grows.
+      const parts = [...fleet.nodes.map((n) => onNode(n, sub).cacheDir), local.cacheDir].map((dir) =>
+        path.join(dir, `${sha1(image.id)}.part`),
+      )
       await until('a .part to grow', async () => {
-        const sizes = await Promise.all(fleet.nodes.map((n) => sizeOf(onNode(n, sub).part(image.id))))
+        const sizes = await Promise.all(parts.map((part) => sizeOf(part)))
         return sizes.some((size) => size >= 512 * 1024)
       })
       glance.kill('SIGKILL')
@@ -915,11 +936,14 @@ describe('imgcache precache', () => {
       const result = await child
       expect(result.exitCode).toBe(3)
       const report = parse<PrecacheReport>(result.stdout)
-      expect(report.totals).toEqual({cached: 3, errors: 3, existing: 0, notNeeded: 0, skippedHosts: 0})
-      for (const node of fleet.nodes) {
-        const at = onNode(node, sub)
-        expect(item(report, node.name, raw.id)).toMatchObject({status: 'cached'})
-        const failed = item(report, node.name, image.id)
+      expect(report.totals).toEqual({cached: 0, errors: 4, existing: 4, notNeeded: 0, skippedHosts: 0})
+      const places = [
+        ...fleet.nodes.map((node) => ({name: node.name, ...onNode(node, sub)})),
+        {name: 'here', ...local, lock: (id: string) => path.join(local.root, 'locks', `nova-${sha1(id)}`)},
+      ]
+      for (const at of places) {
+        expect(item(report, at.name, raw.id)).toMatchObject({status: 'existing'})
+        const failed = item(report, at.name, image.id)
         expect(failed).toMatchObject({status: 'error'})
         expect(failed?.message).toContain(`downloading image ${name} (${image.id})`)
         expect(failed?.message).toContain(`Glance at ${glance.url}`)

@@ -1,8 +1,16 @@
 /** Runs the built CLI (bin/run.js) as a subprocess, as an operator or cron would. */
-import {execa} from 'execa'
+import {execa, type Result, type ResultPromise} from 'execa'
 import {fileURLToPath} from 'node:url'
+import {onTestFinished} from 'vitest'
 
 export const BIN = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+
+/**
+ * The watchdog on every CLI run of a test. Vitest's own timeout (120 s for integration and e2e)
+ * fails a test but leaves its child running and does not say what hung; a run that outlives this is
+ * killed (SIGKILL: a hung run may be hung in its own clean-up) and the test fails naming the command.
+ */
+export const WATCHDOG_MS = 100_000
 
 export interface CliResult {
   exitCode: number
@@ -10,6 +18,18 @@ export interface CliResult {
   json?: unknown
   stderr: string
   stdout: string
+}
+
+/** Throws when the watchdog killed the run: the test fails as a hang, naming the command and its last words. */
+function checkHang(result: Pick<Result, 'stderr' | 'timedOut'>, args: string[], timeoutMs: number): void {
+  if (!result.timedOut) return
+  const tail = String(result.stderr ?? '')
+    .split('\n')
+    .slice(-10)
+    .join('\n')
+  throw new Error(
+    `watchdog: imgcache ${args.join(' ')} did not end within ${timeoutMs / 1000} s and was killed (a hang); its last stderr:\n${tail}`,
+  )
 }
 
 export async function runCli(
@@ -26,13 +46,16 @@ export async function runCli(
   const argv = options.umask
     ? ['sh', '-c', `umask ${options.umask} && exec node "$@"`, 'sh', BIN, ...args]
     : ['node', BIN, ...args]
+  const timeoutMs = options.timeoutMs ?? WATCHDOG_MS
   const result = await execa(argv[0]!, argv.slice(1), {
     cwd: options.cwd,
     env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production', ...options.env},
     input: options.input,
+    killSignal: 'SIGKILL',
     reject: false,
-    timeout: options.timeoutMs ?? 120_000,
+    timeout: timeoutMs,
   })
+  checkHang(result, args, timeoutMs)
   let json: unknown
   try {
     json = JSON.parse(result.stdout)
@@ -41,6 +64,38 @@ export async function runCli(
   }
 
   return {exitCode: result.exitCode ?? -1, json, stderr: result.stderr, stdout: result.stdout}
+}
+
+/**
+ * The CLI as a child the test does not await at once (to kill a service under it, or send Ctrl-C),
+ * killed when the test ends. `detached` gives it a process group of its own, which is what a
+ * terminal's Ctrl-C reaches. Awaiting it applies the watchdog, so no `await child` can hang a test.
+ */
+export function spawnCli(
+  args: string[],
+  options: {detached?: boolean; env?: Record<string, string>; timeoutMs?: number} = {},
+): ResultPromise {
+  const timeoutMs = options.timeoutMs ?? WATCHDOG_MS
+  const child = execa('node', [BIN, ...args], {
+    detached: options.detached ?? false,
+    env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production', ...options.env},
+    killSignal: 'SIGKILL',
+    reject: false,
+    timeout: timeoutMs,
+  })
+  onTestFinished(() => {
+    child.kill('SIGKILL')
+  })
+  // Wrapping `then` rather than handing out a second promise: every `await child` (and Promise.all)
+  // in a test gets the watchdog's verdict, with no helper to forget.
+  const then = child.then.bind(child)
+  // eslint-disable-next-line unicorn/no-thenable
+  child.then = ((onFulfilled, onRejected) =>
+    then((result) => {
+      checkHang(result, args, timeoutMs)
+      return result
+    }).then(onFulfilled, onRejected)) as typeof child.then
+  return child
 }
 
 /** oclif's own messages (parse errors) are wrapped and prefixed with ` ›`: undo that for matching. */

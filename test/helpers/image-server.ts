@@ -73,7 +73,6 @@ export async function startImageServer(): Promise<ImageServer> {
   const images = new Map<string, ServedImage>()
   const requests: ServedRequest[] = []
   const server = http.createServer((req, res) => {
-    req.socket.on('error', () => {})
     res.on('error', () => {})
     const path = new URL(req.url ?? '/', 'http://fixture.invalid').pathname
     const image = images.get(path)
@@ -114,6 +113,11 @@ export async function startImageServer(): Promise<ImageServer> {
     sendBody(res, body, {...image, cutAfter: image.cutAfter === undefined ? undefined : image.cutAfter - start}).catch(
       () => res.destroy(),
     )
+  })
+  // Once per connection, not per request: a kept-alive socket serves many requests, and a listener
+  // added on each is a leak (MaxListenersExceededWarning after 10).
+  server.on('connection', (socket) => {
+    socket.on('error', () => {})
   })
   await new Promise<void>((resolve) => {
     server.listen(0, '127.0.0.1', resolve)

@@ -1,9 +1,12 @@
 import {execa} from 'execa'
+import got from 'got'
 import {existsSync, readdirSync} from 'node:fs'
 import {readFile, writeFile} from 'node:fs/promises'
+import http from 'node:http'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {classifySshFailure, sshArgv, sshControlArgv, type SshTarget} from '../../src/lib/node/ssh-args.js'
+import {startImageServer} from '../helpers/image-server.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
 import {createTestNet, type TestNet} from '../helpers/testnet.js'
 
@@ -360,6 +363,36 @@ describe('nodes on a test network', () => {
     } finally {
       server.kill()
       await server
+    }
+  })
+})
+
+describe('the image server fixture', () => {
+  // A listener added per request on a kept-alive socket is a leak: it once printed
+  // "MaxListenersExceededWarning: 11 error listeners added to [Socket]" during the fetch tests.
+  it('adds no listener per request on a kept-alive connection', async () => {
+    const server = await startImageServer()
+    const agent = new http.Agent({keepAlive: true, maxSockets: 1})
+    const warnings: string[] = []
+    const onWarning = (warning: Error) => warnings.push(`${warning.name}: ${warning.message}`)
+    process.on('warning', onWarning)
+    try {
+      server.serve('/x', {data: Buffer.alloc(1024, 1)})
+      for (let i = 0; i < 15; i++) {
+        const response = await got(server.url('/x'), {agent: {http: agent}, retry: {limit: 0}})
+        expect(response.body.length).toBe(1024)
+      }
+
+      // Warnings are emitted on a later tick.
+      await new Promise((resolve) => {
+        setImmediate(resolve)
+      })
+      expect(server.requests.length).toBe(15)
+      expect(warnings).toEqual([])
+    } finally {
+      process.off('warning', onWarning)
+      agent.destroy()
+      await server.close()
     }
   })
 })

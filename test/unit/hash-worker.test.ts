@@ -1,3 +1,4 @@
+import {execa} from 'execa'
 import {createHash} from 'node:crypto'
 import {describe, expect, it} from 'vitest'
 
@@ -72,4 +73,26 @@ describe('StreamHash', () => {
     for (let i = 0; i < 64; i++) expected.update(Buffer.alloc(MiB, 1))
     expect(await hash.digest()).toBe(expected.digest('hex'))
   })
+
+  // A hash that is started and then never finished (a download that failed before or after its
+  // first bytes) must not keep the process alive: `precache --via relay` once sat for good after its
+  // report, held by nothing but an idle hashing thread's message port. A real process, left alone.
+  it('an idle or abandoned hashing thread does not keep the process alive', async () => {
+    const module = new URL('../../src/lib/fetch/hash-worker.ts', import.meta.url).href
+    const program = `
+      const {StreamHash} = await import(${JSON.stringify(module)})
+      const idle = new StreamHash('sha256', {offThread: true})
+      const used = new StreamHash('sha256', {offThread: true})
+      await used.update(Buffer.alloc(3 * 1024 * 1024, 1))
+      console.log('abandoned')
+    `
+    // The timeout is a watchdog for the hang itself, not a measure: the process ends in a second or two.
+    const run = await execa('node', ['--import', 'tsx', '--input-type=module', '-e', program], {
+      reject: false,
+      timeout: 30_000,
+    })
+    expect(run.timedOut).toBe(false)
+    expect(run.exitCode).toBe(0)
+    expect(run.stdout).toBe('abandoned')
+  }, 60_000)
 })

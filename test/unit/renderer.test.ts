@@ -3,10 +3,12 @@ import {describe, expect, it} from 'vitest'
 import {chooseRenderer, type RendererInput, type RendererKind} from '../../src/lib/ui/renderer.js'
 
 const terminal: RendererInput = {
+  columns: 120,
   env: {TERM: 'xterm'},
   items: 1,
   json: false,
   quiet: false,
+  rows: 40,
   stderrIsTTY: true,
   stdoutIsTTY: true,
 }
@@ -27,6 +29,11 @@ describe('chooseRenderer', () => {
     ['several images, stdout piped (listr2 redraws stdout)', {items: 3, stdoutIsTTY: false}, 'lines'],
     ['one image, stdout piped: the bar is on stderr', {stdoutIsTTY: false}, 'bar'],
     ['nothing to do on a terminal', {items: 0}, 'bar'],
+    // A terminal that reports no size (0x0: a serial console, some CI ptys) wraps a redraw one character per line.
+    ['a terminal of 0x0, several images', {columns: 0, items: 3, rows: 0}, 'lines'],
+    ['a terminal of 0x0, one image', {columns: 0, rows: 0}, 'lines'],
+    ['a terminal without a size at all', {columns: undefined, items: 3, rows: undefined}, 'lines'],
+    ['a terminal 0 columns wide', {columns: 0, items: 3}, 'lines'],
   ])('%s → %s', (_name, change, expected) => {
     expect(chooseRenderer({...terminal, ...change})).toBe(expected)
   })

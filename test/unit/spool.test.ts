@@ -1,38 +1,46 @@
-import {mkdtemp, readdir, readFile, rm, stat, symlink, writeFile} from 'node:fs/promises'
+import {mkdtemp, readdir, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
-import {Readable} from 'node:stream'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
+import type {ImageRecord, OpenedImage} from '../../src/lib/image-source/types.js'
+
+import {ImgcacheError} from '../../src/lib/errors.js'
 import {SpoolSet} from '../../src/lib/fetch/spool.js'
 
+// The relay's spool on a real temporary directory. The origin is a stream made here (what an
+// image source's open() gives back), so that the test decides when and how it fails.
+
+const MiB = 1024 * 1024
+/** From 64 MiB on the spool hashes on a worker thread (fetch/tap.ts): the size that once hung. */
+const image: ImageRecord = {id: 'img-1', name: 'big', size: 72 * MiB, source: 'glance', status: 'active'}
+const expected = {algorithm: 'sha256' as const, value: '0'.repeat(64)}
 let dir: string
+
 beforeEach(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'imgcache-spool-test-'))
+  dir = await mkdtemp(path.join(tmpdir(), 'imgcache-spool-'))
 })
+
 afterEach(async () => {
   await rm(dir, {force: true, recursive: true})
 })
 
-const image = {id: '0d5e6b61-0000-4000-8000-000000000000', size: 4, source: 'file' as const, status: 'active'}
-const open = async () => ({offset: 0, stream: Readable.from([Buffer.from('abcd')]), totalSize: 4})
+/** This process's threads: a hashing worker is one more from the moment it is created (libuv's pool is full by now). */
+const threads = async () => (await readdir('/proc/self/task')).length
 
-describe('the relay spool (DESIGN §10: nothing predictable in a shared /tmp)', () => {
-  it('lives in a private directory of its own, made with mkdtemp, 0700, with files 0600; dispose removes it', async () => {
-    // Links planted at every name the old scheme used (imgcache-spool-<pid>-<id>) steer nothing.
-    const victim = path.join(dir, 'victim')
-    await writeFile(victim, 'root-only')
-    await symlink(victim, path.join(dir, `imgcache-spool-${process.pid}-${image.id}`))
+const refused = async (): Promise<OpenedImage> => {
+  throw new ImgcacheError('IMAGE_SERVICE_UNREACHABLE', 'Cannot connect to Glance at http://glance: connection refused')
+}
+
+describe('Spool', () => {
+  it('an origin that cannot be opened fails the spool and its readers naming the image service, and starts no hashing thread', async () => {
+    const before = await threads()
     const spools = new SpoolSet(dir)
-    const spool = spools.get(image, open, undefined, [])
-    expect((await spool.result()).bytes).toBe(4)
-    const privateDir = path.dirname(spool.path)
-    expect(path.dirname(privateDir)).toBe(dir)
-    expect(path.basename(privateDir)).toMatch(/^imgcache-spool-\w{6}$/)
-    expect((await stat(privateDir)).mode & 0o777).toBe(0o700)
-    expect((await stat(spool.path)).mode & 0o777).toBe(0o600)
+    const spool = spools.get(image, refused, expected, [])
+    const reader = spool.openReader(0)
+    await expect(spool.result()).rejects.toMatchObject({code: 'IMAGE_SERVICE_UNREACHABLE'})
+    await expect(reader.stream.toArray()).rejects.toMatchObject({code: 'IMAGE_SERVICE_UNREACHABLE'})
+    expect(await threads()).toBe(before)
     await spools.dispose()
-    expect((await readdir(dir)).sort()).toEqual([`imgcache-spool-${process.pid}-${image.id}`, 'victim'])
-    expect(await readFile(victim, 'utf8')).toBe('root-only')
   })
 })

@@ -59,7 +59,6 @@ export class StreamHash {
       resourceLimits: {maxOldGenerationSizeMb: 16, maxYoungGenerationSizeMb: 2},
       workerData: {algorithm},
     })
-    worker.unref()
     worker.on('message', (message: {buffer?: ArrayBuffer}) => {
       if (!message.buffer) return
       this.free.push(message.buffer)
@@ -69,6 +68,10 @@ export class StreamHash {
       this.failure = error
       this.wake()
     })
+    // Only after the listeners: adding a 'message' listener to a Worker refs its message port again
+    // (Node's worker.js, setupPortReferencing), and an idle or abandoned hash (a download that failed
+    // before its first byte) must never keep the process alive. It is ref'd only while waited on.
+    worker.unref()
     this.worker = worker
   }
 

@@ -82,19 +82,22 @@ export class Spool {
     vmdkAllowedTypes: readonly string[],
     signal?: AbortSignal,
   ): Promise<SpoolResult> {
-    const tap = new VerifyingTap(
-      expected?.algorithm,
-      new FormatInspector({vmdkAllowedTypes}),
-      (bytes) => {
-        this.written = bytes
-        this.wake()
-      },
-      this.image.size,
-    )
+    let tap: undefined | VerifyingTap
     try {
       const file = await this.file
       try {
         const opened = await open()
+        // Only once the origin answers: a tap may start a hashing thread, which an origin that
+        // cannot be reached (a retry against a dead image service) would leave behind.
+        tap = new VerifyingTap(
+          expected?.algorithm,
+          new FormatInspector({vmdkAllowedTypes}),
+          (bytes) => {
+            this.written = bytes
+            this.wake()
+          },
+          this.image.size,
+        )
         await pipeline(opened.stream, tap, file.createWriteStream({highWaterMark: 1024 * 1024}), {signal})
       } finally {
         await file.close().catch(() => undefined)
@@ -103,6 +106,7 @@ export class Spool {
       this.written = tap.bytes
       return {bytes: tap.bytes, digest: await tap.digest(), inspection: tap.inspector.finish()}
     } catch (error) {
+      tap?.dispose()
       this.error =
         error instanceof ImgcacheError
           ? error

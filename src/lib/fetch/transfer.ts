@@ -70,7 +70,10 @@ export function streamTransfer(open: (offset: number, signal?: AbortSignal) => P
 
       let downloaded = 0
       if (image.size === undefined || resumeFrom < image.size) {
-        const opened = await open(resumeFrom, input.signal)
+        // Named like a failure mid-stream: "downloading image X failed: cannot connect to ...".
+        const opened = await open(resumeFrom, input.signal).catch((error: unknown) => {
+          throw transferError(error, input)
+        })
         if (opened.offset !== resumeFrom) {
           // The server ignored the Range request and sends the whole image: start over with it.
           tap.dispose()

@@ -327,6 +327,54 @@ class ListrView implements ProgressView {
   }
 }
 
+/**
+ * At most one progress redraw per (node, image) every `intervalMs` (about 10 a second): bytes arrive
+ * in 64 KiB chunks, and redrawing a live view for each cost more CPU than the transfer itself. A
+ * change of phase passes at once; the latest bytes held back pass just before that item's next state
+ * (so a bar ends on its true figure). Everything else passes untouched.
+ */
+export function throttleProgress(inner: ProgressView, intervalMs = 100, now = () => Date.now()): ProgressView {
+  const last = new Map<string, {at: number; phase: string}>()
+  const held = new Map<string, WorkEvent>()
+  const flush = (k: string) => {
+    const event = held.get(k)
+    if (!event) return
+    held.delete(k)
+    inner.onEvent(event)
+  }
+
+  return {
+    onEvent(event) {
+      if (event.type === 'node') {
+        inner.onEvent(event)
+        return
+      }
+
+      const k = key(event.node, event.image)
+      if (event.type === 'item') {
+        flush(k)
+        inner.onEvent(event)
+        return
+      }
+
+      const t = now()
+      const previous = last.get(k)
+      if (previous && previous.phase === event.phase && t - previous.at < intervalMs) {
+        held.set(k, event)
+        return
+      }
+
+      held.delete(k)
+      last.set(k, {at: t, phase: event.phase})
+      inner.onEvent(event)
+    },
+    async stop() {
+      for (const k of held.keys()) flush(k)
+      await inner.stop()
+    },
+  }
+}
+
 export function createView(
   kind: RendererKind,
   plan: WorkPlan,
@@ -334,7 +382,7 @@ export function createView(
 ): ProgressView {
   switch (kind) {
     case 'bar': {
-      return new BarView(plan.nodes[0]?.images[0]?.label ?? 'image')
+      return throttleProgress(new BarView(plan.nodes[0]?.images[0]?.label ?? 'image'))
     }
 
     case 'lines': {
@@ -342,7 +390,7 @@ export function createView(
     }
 
     case 'listr': {
-      return new ListrView(plan, options.grouped)
+      return throttleProgress(new ListrView(plan, options.grouped))
     }
 
     case 'silent': {
