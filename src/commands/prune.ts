@@ -24,7 +24,7 @@ export default class Prune extends BaseCommand<typeof Prune> {
 
 prune never deletes a file that is not a cache entry by Nova's rules or a temporary of imgcache's, never follows a symlink out of the cache dir, and never waits forever for a lock (--lock-timeout). If any instance disk cannot be read, it deletes nothing and exits 4: it cannot know what that disk needs.
 
---dry-run runs the same selection and deletes and touches nothing. Output: a line per removal or problem on stderr (every decision with --verbose; JSON lines with --log-format json), the full result with --json, Prometheus text with --metrics-file.`,
+--dry-run runs the same selection and deletes and touches nothing. Output: a line per removal or problem on stderr (every decision with --verbose; JSON lines with --log-format json), the full result with --json, Prometheus text with --metrics-file. On a terminal every node ends with one summary line (entries seen, in use, too young, removed or would remove), even when there was nothing to do; off a terminal (cron) a run with nothing to report prints nothing unless --verbose. Failures always speak.`,
   )
   static override examples = [
     {command: '<%= config.bin %> <%= command.id %> --dry-run', description: 'What would go, changing nothing.'},
@@ -107,8 +107,10 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
     }
     if (this.flags['metrics-file']) await writeMetricsFile(this.flags['metrics-file'], report.nodes, report.failures)
     if (outcomes.length === 1 && outcomes[0] && !outcomes[0].ok) throw outcomes[0].error
+    // A person at a terminal always gets a line per node; cron (no terminal) only when something happened.
+    const person = Boolean(process.stderr.isTTY)
     for (const r of report.nodes) {
-      const summary = pruneSummary(r)
+      const summary = pruneSummary(r, {person})
       if (summary) this.log_(r.errors > 0 || r.guard.length > 0 ? 'warn' : 'info', summary, {node: r.node})
     }
 

@@ -1,10 +1,12 @@
+import {execa} from 'execa'
 import {mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
+import {shellCommand} from '../../src/lib/node/quote.js'
 import {DAY, HOUR, libvirtXml, makeNovaHost, type NovaHost, sha1} from '../fixtures/nova-host.js'
-import {flat, runCli} from '../helpers/cli.js'
+import {BIN, flat, runCli} from '../helpers/cli.js'
 import {holdOsloLock} from '../helpers/oslo-lock.js'
 
 let root: string
@@ -241,6 +243,31 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     expect(text.exitCode).toBe(2)
     expect(text.stderr).toContain(`the instances path ${join(root, 'no-such-dir')} does not exist`)
     expect(text.stderr).toContain('--instances-path')
+  })
+
+  it('with nothing to do: one summary line on a terminal, silence off a terminal (cron)', async () => {
+    const host = await makeNovaHost(join(root, 'quiet'), {
+      bases: [
+        {age: 2 * HOUR, imageId: 'young'},
+        {age: 3 * DAY, imageId: 'used'},
+      ],
+      instances: [{dir: 'u1', disks: [{backing: sha1('used')}]}],
+    })
+    for (const dryRun of [[], ['--dry-run']]) {
+      const args = ['prune', '--instances-path', host.instancesPath, ...dryRun]
+      const cron = await runCli(args)
+      expect(cron.exitCode).toBe(0)
+      expect(cron.stdout + cron.stderr).toBe('')
+      // script(1) gives the CLI a pseudo-terminal, as a person's shell would.
+      const person = await execa('script', ['-qfec', shellCommand(['node', BIN, ...args]), '/dev/null'], {
+        env: {IMGCACHE_CONFIG: '', NODE_ENV: 'production'},
+        reject: false,
+      })
+      expect(person.exitCode).toBe(0)
+      expect(person.stdout.trim()).toBe(
+        `local: prune ${dryRun.length > 0 ? '(dry run) ' : ''}2 entries seen, 1 in use, 1 too young, ${dryRun.length > 0 ? 'would remove' : 'removed'} none`,
+      )
+    }
   })
 
   it("honours --min-age and the node's nova.conf (instances path, cache dir name, ages)", async () => {

@@ -57,9 +57,14 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
   }
 }
 
-/** The closing line of a prune on one node, empty when nothing happened (cron stays quiet). */
-export function pruneSummary(r: PruneResult): string {
-  if (!r.cacheDirExists) return ''
+/**
+ * The closing line of a prune on one node. Off a terminal (cron) it is empty when nothing happened,
+ * so cron stays quiet. With `person` (stderr is a terminal) there is always one line, with what the
+ * run saw, so a person who ran it by hand is never left with silence.
+ */
+export function pruneSummary(r: PruneResult, options: {person?: boolean} = {}): string {
+  const run = `${r.node}: prune ${r.dryRun ? '(dry run) ' : ''}`
+  if (!r.cacheDirExists) return options.person ? `${run}no cache dir at ${r.cacheDir}: nothing to do` : ''
   const parts: string[] = []
   if (r.removed > 0)
     parts.push(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed} (${formatBytes(r.reclaimedBytes)})`)
@@ -68,5 +73,12 @@ export function pruneSummary(r: PruneResult): string {
   if (locked > 0) parts.push(`${locked} skipped (locked)`)
   if (r.guard.length > 0)
     parts.push(`nothing removed: ${r.guard.length} instance disk${r.guard.length === 1 ? '' : 's'} unreadable`)
-  return parts.length > 0 ? `${r.node}: prune ${r.dryRun ? '(dry run) ' : ''}${parts.join(', ')}` : ''
+  if (options.person) {
+    const count = (outcome: string) => r.decisions.filter((d) => d.outcome === outcome).length
+    const entries = r.decisions.filter((d) => d.outcome !== 'ignored').length
+    const seen = `${entries} entr${entries === 1 ? 'y' : 'ies'} seen, ${count('in-use')} in use, ${count('too-young')} too young`
+    return `${run}${seen}, ${parts.length > 0 ? parts.join(', ') : `${r.dryRun ? 'would remove' : 'removed'} none`}`
+  }
+
+  return parts.length > 0 ? `${run}${parts.join(', ')}` : ''
 }
