@@ -117,7 +117,7 @@ async function inProcessInspect(host: SyntheticHost) {
   const node = new LocalNode()
   const settings = await resolveCacheSettings(node, {}, undefined, {
     instancesPath: host.instancesPath,
-    novaConf: host.novaConf,
+    novaConf: [host.novaConf],
   })
   const run = await medianOf(3, async () => {
     const analysis = await analyzeNode(node, settings, {domainXmlDirs: [host.domainXmlDir]})
