@@ -242,19 +242,19 @@ async function glanceAnswers(): Promise<boolean> {
   )
 }
 
-/** `curl` and `cat` first on the nodes' PATH, rate-limited: a node's downloads and writes take seconds. */
+/** `curl` and the writer first on the nodes' PATH, rate-limited: a node's downloads and writes take seconds. */
 async function slowNodes(nodes: TestNode[]): Promise<void> {
   const curl = '#!/bin/sh\nexec /usr/bin/curl --limit-rate 2M "$@"\n'
   await Promise.all(
     nodes.flatMap((n) => [
       writeFile(path.join(n.binDir, 'curl'), curl, {mode: 0o755}),
-      writeFile(path.join(n.binDir, 'cat'), SLOW_CAT, {mode: 0o755}),
+      writeFile(path.join(n.binDir, 'python3'), SLOW_WRITER, {mode: 0o755}),
     ]),
   )
 }
 
 async function fastNodes(nodes: TestNode[]): Promise<void> {
-  const wrappers = nodes.flatMap((n) => [path.join(n.binDir, 'curl'), path.join(n.binDir, 'cat')])
+  const wrappers = nodes.flatMap((n) => [path.join(n.binDir, 'curl'), path.join(n.binDir, 'python3')])
   await Promise.all(wrappers.map((file) => rm(file, {force: true})))
 }
 
@@ -352,20 +352,31 @@ afterAll(async () => {
 
 const FLEET = ['node1', 'node2', 'node3']
 
-/** `cat` at 1 MiB/s, first on a node's PATH: what the node's `cat > FILE` runs, on a slow disk. */
-const SLOW_CAT = `#!/bin/sh
-exec python3 -c '
+/**
+ * A node's side of a relayed write is imgcache's python3 writer (owner-py.ts WRITER_PY, known by its
+ * `imgcache-unsafe` marker). These wrappers stand first on a node's PATH as `python3`: every other
+ * python3 (the agent) runs as it is; the writer gets its stdin through `filter` first.
+ */
+function writerWrapper(filter: string): string {
+  return `#!/bin/sh
+case "$*" in
+  *imgcache-unsafe*) /usr/bin/python3 -c '${filter}' | /usr/bin/python3 "$@"; exit $? ;;
+esac
+exec /usr/bin/python3 "$@"
+`
+}
+
+/** A writer on a slow disk: about 1 MiB/s. */
+const SLOW_WRITER = writerWrapper(`
 import sys, time
 while True:
     b = sys.stdin.buffer.read1(65536)
     if not b: break
     sys.stdout.buffer.write(b); sys.stdout.buffer.flush(); time.sleep(len(b) / 1048576)
-' "$@"
-`
+`)
 
-/** `cat` on a hung disk, first on a node's PATH: it takes 1 MiB, then reads nothing more for 20 s. */
-const HUNG_CAT = `#!/bin/sh
-exec python3 -c '
+/** A writer on a hung disk: it takes 1 MiB, then reads nothing more for 20 s. */
+const HUNG_WRITER = writerWrapper(`
 import sys, time
 taken = 0
 while taken < 1048576:
@@ -374,8 +385,7 @@ while taken < 1048576:
     taken += len(b)
 time.sleep(20)
 sys.exit(1)
-' "$@"
-`
+`)
 
 describe('imgcache precache', () => {
   it.each(['node', 'relay'])(
@@ -621,8 +631,8 @@ describe('imgcache precache', () => {
       images: {'e2e-stall': slowAlias('e2e-stall', data, 256 * MiB)},
     })
     const stuck = fleet.node('node2')
-    await writeFile(path.join(stuck.binDir, 'cat'), HUNG_CAT, {mode: 0o755})
-    onTestFinished(() => rm(path.join(stuck.binDir, 'cat'), {force: true}))
+    await writeFile(path.join(stuck.binDir, 'python3'), HUNG_WRITER, {mode: 0o755})
+    onTestFinished(() => rm(path.join(stuck.binDir, 'python3'), {force: true}))
     const started = Date.now()
     const result = await precache(configFile, [
       '--aggregate',
