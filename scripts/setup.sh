@@ -5,7 +5,8 @@
 #                             glance-api and keystone (a real image service), python3-oslo.concurrency
 #                             (a real nova lock holder), python3-nova (nova-compute's own image
 #                             cache pass, the oracle prune is checked against), iproute2 (the
-#                             namespaced test network), time (peak RSS in the benchmarks)
+#                             namespaced test network), time (peak RSS in the benchmarks), zsh
+#                             (the zsh completion test)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(qemu-utils python3 curl ca-certificates coreutils)
 if [[ "${1:-}" == --test ]]; then
-  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time)
+  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time zsh)
 fi
 
 export DEBIAN_FRONTEND=noninteractive
