@@ -6,7 +6,8 @@
 #                             (a real nova lock holder), python3-nova (nova-compute's own image
 #                             cache pass, the oracle prune is checked against), iproute2 (the
 #                             namespaced test network), time (peak RSS in the benchmarks), zsh
-#                             (the zsh completion test)
+#                             (the zsh completion test), debootstrap (the Node-less Debian 12 root
+#                             the packaging test installs imgcache in)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(qemu-utils python3 curl ca-certificates coreutils)
 if [[ "${1:-}" == --test ]]; then
-  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time zsh)
+  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time zsh debootstrap)
 fi
 
 export DEBIAN_FRONTEND=noninteractive
@@ -66,7 +67,7 @@ command -v npm >/dev/null || { log "npm is missing: apt-get install npm, then ru
 
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   log "installing npm packages (npm ci)"
-  npm ci --no-audit --no-fund >&2
+  npm ci --no-audit --no-fund --no-update-notifier >&2
 fi
 
 log "building"

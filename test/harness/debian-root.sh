@@ -60,6 +60,11 @@ up() {
   mount --bind "$cache/apt-archives" "$root/var/cache/apt/archives"
   mount --bind "$cache/npm" "$root/root/.npm"
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+  # The host's own trust anchors (a TLS-inspecting proxy's CA, say), as that host's operator would have
+  # added them: ca-certificates, once installed in the root, builds them into its bundle.
+  if compgen -G '/usr/local/share/ca-certificates/*' >/dev/null; then
+    cp -rL /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+  fi
   # Debian's own sources, not the host's: a third-party repository there (nodesource's) would bring
   # a Node.js back into a root that must have none.
   rm -f "$root/etc/apt/sources.list.d/"*
@@ -81,7 +86,7 @@ run() {
   [[ -x $root/bin/sh ]] || die "no root at $root (debian-root.sh up first)"
   local env=(HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb)
   local name
-  for name in http_proxy https_proxy no_proxy npm_config_registry; do
+  for name in http_proxy https_proxy no_proxy npm_config_registry NODE_EXTRA_CA_CERTS; do
     [[ -n ${!name:-} ]] && env+=("$name=${!name}")
   done
   exec chroot "$root" /usr/bin/env -i "${env[@]}" "$@"
