@@ -59,7 +59,8 @@ async function inRoot(argv: string[], timeoutMs = 5 * MINUTE): Promise<Run> {
 
 async function mustInRoot(argv: string[], timeoutMs?: number): Promise<Run> {
   const result = await inRoot(argv, timeoutMs)
-  if (result.exitCode !== 0) throw new Error(`${argv.join(' ')} in the root: exit ${result.exitCode}\n${result.stderr}`)
+  if (result.exitCode !== 0)
+    throw new Error(`${argv.join(' ')} in the root: exit ${result.exitCode}\n${result.stderr}\n${result.stdout}`)
   return result
 }
 
@@ -129,7 +130,8 @@ describe('the standalone imgcache, in the same root', () => {
   const imageId = 'a3e9c5d2-6d1f-4f7a-9c33-0c7a2d1b5e01'
   const instances = '/srv/nova/instances'
   const bin = '/root/imgcache-standalone'
-  let checksum: string
+  /** The local image file, as populate and overlay take it: Nova's name needs the id, and a checksum. */
+  let image: string[]
   let nodes: TestNodes | undefined
 
   afterAll(async () => {
@@ -179,37 +181,21 @@ describe('the standalone imgcache, in the same root', () => {
   it('populate of a local file, overlay, inspect, prune on the local instances path', async () => {
     await mustInRoot(['mkdir', '-p', instances])
     await mustInRoot(['qemu-img', 'create', '-q', '-f', 'qcow2', '/root/cirros.qcow2', '64M'])
-    checksum = `sha256:${createHash('sha256')
+    const digest = createHash('sha256')
       .update(await readFile(join(root, 'root/cirros.qcow2')))
-      .digest('hex')}`
+      .digest('hex')
+    image = ['/root/cirros.qcow2', '--image-id', imageId, '--checksum', `sha256:${digest}`]
     const local = ['--instances-path', instances, '--json']
-    const populate = await mustInRoot([
-      bin,
-      'populate',
-      '/root/cirros.qcow2',
-      '--image-id',
-      imageId,
-      '--checksum',
-      checksum,
-      ...local,
-    ])
+    const populate = await mustInRoot([bin, 'populate', ...image, ...local])
     const populated = JSON.parse(populate.stdout) as PopulateReport
     expect(populated.items.map((i) => i.status)).toEqual(['cached'])
     const base = `${instances}/_base/${sha1(imageId)}`
     expect(existsSync(join(root, base))).toBe(true)
 
+    // An instance directory, as nova-compute makes it before the disk.
     const disk = `${instances}/6f1c2a9e-0b1d-4c55-8f21-5b7d9a3e4c10/disk`
-    await mustInRoot([
-      bin,
-      'overlay',
-      '/root/cirros.qcow2',
-      disk,
-      '--image-id',
-      imageId,
-      '--checksum',
-      checksum,
-      ...local,
-    ])
+    await mkdir(join(root, disk, '..'))
+    await mustInRoot([bin, 'overlay', ...image.slice(0, 1), disk, ...image.slice(1), ...local])
     const info = JSON.parse((await mustInRoot(['qemu-img', 'info', '-U', '--output=json', disk])).stdout) as {
       'backing-filename'?: string
     }
@@ -253,16 +239,7 @@ describe('the standalone imgcache, in the same root', () => {
     }
     await writeFile(join(root, 'root/imgcache.json'), JSON.stringify(config))
     const remote = ['--node', 'cmp1', '--config', '/root/imgcache.json', '--json']
-    const populate = await inRoot([
-      bin,
-      'populate',
-      '/root/cirros.qcow2',
-      '--image-id',
-      imageId,
-      '--checksum',
-      checksum,
-      ...remote,
-    ])
+    const populate = await inRoot([bin, 'populate', ...image, ...remote])
     expect(populate.stderr).toBe('')
     expect((JSON.parse(populate.stdout) as PopulateReport).items.map((i) => i.status)).toEqual(['cached'])
     expect(populate.exitCode).toBe(0)
