@@ -24,6 +24,8 @@ import {makeSyntheticHost, type SyntheticHost} from './lib/synthetic-host.js'
 const SPEC = {bases: 300, instances: 2000, usedBases: 270}
 const TARGET_RATIO = 100
 const TARGET_WALL_MS = 1000
+/** imgcache's start-up (Node + oclif + its plugins, `--version`) against Node's own (`node -e 0`). */
+const TARGET_STARTUP_RATIO = 2.5
 const BIN = join(REPO_ROOT, 'bin', 'run.js')
 /** As Nova runs it (LC_ALL=C), and as an installed CLI runs (no imgcache settings from the environment). */
 const QEMU_ENV = {...process.env, LANG: 'C', LC_ALL: 'C'}
@@ -244,6 +246,7 @@ function figuresOf(host: SyntheticHost, m: Measured) {
       concurrentPerImgcache: m.concurrent.ms / m.cli.ms,
       imgcachePerNodeStartup: m.cli.ms / m.nodeMs,
       novaSpawnPerImgcache: m.novaSpawn ? m.novaSpawn.ms / m.cli.ms : undefined,
+      startupPerNodeStartup: m.oclifMs / m.nodeMs,
     },
     seconds: {
       imgcacheInspect: m.cli.ms / 1000,
@@ -259,6 +262,7 @@ function figuresOf(host: SyntheticHost, m: Measured) {
     },
     targets: {
       ratio: {pass: ratio >= TARGET_RATIO, target: TARGET_RATIO},
+      startupRatio: {pass: m.oclifMs / m.nodeMs <= TARGET_STARTUP_RATIO, target: TARGET_STARTUP_RATIO},
       wallSeconds: {pass: m.cli.ms < TARGET_WALL_MS, target: TARGET_WALL_MS / 1000},
     },
   }
@@ -305,6 +309,11 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
     line('ratio nova-compute spawn / imgcache (info.)', times(f.ratios.novaSpawnPerImgcache))
   line('ratio baseline / in-process scan', times(f.ratios.baselinePerInProcess))
   line('ratio imgcache / node -e 0', times(f.ratios.imgcachePerNodeStartup))
+  line(
+    'ratio start-up (--version) / node -e 0',
+    times(f.ratios.startupPerNodeStartup),
+    `target ≤ ${TARGET_STARTUP_RATIO}×: ${verdict(f.targets.startupRatio.pass)}`,
+  )
   line(
     'imgcache wall time',
     seconds(m.cli.ms),

@@ -12,6 +12,7 @@
 import {build} from 'esbuild'
 import {readdirSync, rmSync} from 'node:fs'
 
+const hooks = ['src/hooks/command-not-found.ts']
 const commands = readdirSync('src/commands')
   .filter((f) => f.endsWith('.ts'))
   .map((f) => `src/commands/${f}`)
@@ -32,7 +33,7 @@ await build({
   },
   bundle: true,
   chunkNames: 'chunks/[name]-[hash]',
-  entryPoints: ['src/cli.ts', ...commands],
+  entryPoints: ['src/cli.ts', ...commands, ...hooks],
   // cosmiconfig loads TypeScript only for a .ts config file; it is resolved at run time, from
   // imgcache's own node_modules (a devDependency: a .ts config needs it installed).
   external: ['typescript'],

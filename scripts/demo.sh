@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# shellcheck source=scripts/node-env.sh
+source scripts/node-env.sh
 exec npx --no-install tsx scripts/demo.ts "$@"

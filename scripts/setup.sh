@@ -5,7 +5,9 @@
 #                             glance-api and keystone (a real image service), python3-oslo.concurrency
 #                             (a real nova lock holder), python3-nova (nova-compute's own image
 #                             cache pass, the oracle prune is checked against), iproute2 (the
-#                             namespaced test network), time (peak RSS in the benchmarks)
+#                             namespaced test network), time (peak RSS in the benchmarks), zsh
+#                             (the zsh completion test), debootstrap (the Node-less Debian 12 root
+#                             the packaging test installs imgcache in)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +16,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(qemu-utils python3 curl ca-certificates coreutils)
 if [[ "${1:-}" == --test ]]; then
-  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time)
+  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time zsh debootstrap)
 fi
 
 export DEBIAN_FRONTEND=noninteractive
@@ -35,13 +37,11 @@ if (( ${#missing[@]} )); then
   apt_install "${missing[@]}"
 fi
 
-# Node.js from apt when a configured repository has 20.10 or newer (Debian 13, nodesource's);
-# Debian 12's and Ubuntu 24.04's own nodejs are 18, too old: then say what to do.
+# shellcheck source=scripts/node-env.sh
+source scripts/node-env.sh
+# Node.js from apt when a configured repository has 20.10 or newer (Debian 13, nodesource's).
 nodejs_candidate() { apt-cache policy nodejs 2>/dev/null | awk '/Candidate:/ {print $2}'; }
-if ! command -v node >/dev/null; then
-  if [[ $(id -u) != 0 ]]; then
-    log "Node.js 20.10 or newer is needed: run this as root to install it with apt, or install it first"; exit 1
-  fi
+if ! command -v node >/dev/null && [[ $(id -u) == 0 ]]; then
   candidate=$(nodejs_candidate)
   if [[ -z $candidate || $candidate == '(none)' ]]; then
     apt_get update || true
@@ -56,22 +56,18 @@ if ! command -v node >/dev/null; then
     fi
   fi
 fi
-if ! command -v node >/dev/null; then
-  if dpkg-query -W -f='${Status}' nodejs 2>/dev/null | grep -q 'install ok installed'; then
-    log "the nodejs package is installed but node is not on PATH ($PATH)"
-  else
-    log "Node.js 20.10 or newer is needed and no apt repository here has it (apt offers nodejs ${candidate:-none}): add nodesource's (https://github.com/nodesource/distributions), then run this again"
-  fi
-  exit 1
+# Otherwise (Debian 12's and Ubuntu 24.04's own nodejs are 18, too old): Node.js and npm from the npm
+# registry itself, into .node/ in the checkout; node-env.sh puts them on PATH for the scripts.
+if ! node_ok; then
+  log "no Node.js 20.10 or newer here ($(node --version 2>/dev/null || echo 'none')): taking one from the npm registry into .node/"
+  PATH="$(scripts/node-from-npm.sh "$PWD/.node"):$PATH"
+  node_ok || { log "the Node.js in .node/ does not run here"; exit 1; }
 fi
 command -v npm >/dev/null || { log "npm is missing: apt-get install npm, then run this again"; exit 1; }
-major=$(node -p 'process.versions.node.split(".")[0]')
-minor=$(node -p 'process.versions.node.split(".")[1]')
-(( major > 20 || (major == 20 && minor >= 10) )) || { log "Node.js $(node --version) is too old: imgcache needs 20.10 or newer"; exit 1; }
 
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   log "installing npm packages (npm ci)"
-  npm ci --no-audit --no-fund >&2
+  npm ci --no-audit --no-fund --no-update-notifier >&2
 fi
 
 log "building"
