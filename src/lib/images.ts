@@ -114,7 +114,22 @@ async function resolveOne(
     id: ctx.flags.imageId ?? '',
     name: undefined,
   }
-  if (/^https?:\/\//i.test(ref)) {
+  const scheme = /^([a-z][\d+.a-z-]*):\/\//i.exec(ref)?.[1]?.toLowerCase()
+  if (scheme && scheme !== 'http' && scheme !== 'https') {
+    throw new UsageError(
+      'UNSUPPORTED_SCHEME',
+      `${ref}: imgcache does not fetch ${scheme}:// URLs; an IMAGE is a Glance image id or name, a config alias, an http(s):// URL or a local file`,
+      {
+        field: 'IMAGE',
+        image: ref,
+        suggestions: [
+          `Serve the image over http(s), or copy it here and give its path (with --image-id and --checksum).`,
+        ],
+      },
+    )
+  }
+
+  if (scheme) {
     if (!single && ctx.flags.imageId) throw oneOnly(ref)
     const source = new UrlSource({...common, url: ref})
     return {record: await source.resolve(ref), ref, source}

@@ -252,6 +252,15 @@ describe('imgcache populate', () => {
     })
     expect([await glanceDownloads(raw.id), await glanceDownloads(qcow2.id)]).toEqual(downloads)
     expect(await exists(host.root)).toBe(false)
+
+    // A URL of another scheme is named for what it is, not taken for a Glance name.
+    const ftp = await cli('populate', host.root, ['ftp://mirror.example.net/jammy.img', '--image-id', 'ftp-image'])
+    expect(ftp.exitCode).toBe(2)
+    expect(parse<ErrorJson>(ftp.stdout).error).toMatchObject({
+      code: 'UNSUPPORTED_SCHEME',
+      message: expect.stringContaining('does not fetch ftp:// URLs'),
+    })
+    expect(await exists(host.root)).toBe(false)
   })
 
   it('after a SIGKILL mid-download only the .part is left, and the next run resumes it with a Range request', async () => {
