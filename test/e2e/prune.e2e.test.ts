@@ -347,6 +347,10 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
       expect((run.json as {error: {message: string}}).error.message, name).toMatch(
         /^config file \S+ cannot be parsed: /,
       )
+      // The path was right: the hint is about the syntax, not about --config.
+      const {suggestions} = (run.json as {error: {suggestions: string[]}}).error
+      expect(suggestions.join(' '), name).not.toContain('Check the path')
+      expect(suggestions.join(' '), name).toContain(`Fix the syntax at the place the message names in ${broken}`)
     }
 
     const node = await runCli(['prune', '--node', 'cmp-77', '--instances-path', host.instancesPath])

@@ -123,9 +123,14 @@ export async function loadConfig(
       throw new UsageError('CONFIG_UNREADABLE', `config file ${candidate} ${reason}`, {
         cause: error,
         file: candidate,
-        suggestions: explicit
-          ? ['Check the path given with --config or IMGCACHE_CONFIG.']
-          : ['Fix or remove that file; imgcache reads the first config it finds.'],
+        // The path is only worth checking when it is the path that failed; a file that is there but
+        // does not parse needs fixing, wherever it was named.
+        suggestions:
+          code === 'ENOENT' || code === 'EACCES'
+            ? explicit
+              ? ['Check the path given with --config or IMGCACHE_CONFIG, and that this user may read it.']
+              : ['Fix or remove that file; imgcache reads the first config it finds.']
+            : [`Fix the syntax at the place the message names in ${candidate} (YAML or JSON, by its extension).`],
       })
     }
 
