@@ -88,7 +88,7 @@ export function formatItems(items: ItemResult[]): string {
   const steps = new Map<string, string[]>()
   for (const i of items) {
     if (!i.nextStep) continue
-    steps.set(i.nextStep, [...(steps.get(i.nextStep) ?? []), `${i.node}/${label(i)}`])
+    steps.set(i.nextStep, [...(steps.get(i.nextStep) ?? []), `${i.node}: ${label(i)}`])
   }
 
   for (const [step, where] of steps)
