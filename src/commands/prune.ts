@@ -10,6 +10,7 @@ import {selectNodes} from '../lib/nodes.js'
 import {prune, type PruneDecision, type PruneResult} from '../lib/prune.js'
 import {writeMetricsFile} from '../lib/report/metrics-file.js'
 import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
+import {printable} from '../lib/report/printable.js'
 import {decisionLevel, decisionText, type LogLevel, pruneSummary} from '../lib/report/prune-format.js'
 
 export interface PruneReport {
@@ -154,7 +155,9 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
         }),
       )
     } else {
-      this.logToStderr(level === 'error' ? `error: ${text}` : level === 'warn' ? `warning: ${text}` : text)
+      // One line each, whatever a planted file name holds (a newline would forge a decision line).
+      const line = printable(text)
+      this.logToStderr(level === 'error' ? `error: ${line}` : level === 'warn' ? `warning: ${line}` : line)
     }
   }
 }

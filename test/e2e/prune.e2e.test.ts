@@ -270,6 +270,29 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     }
   })
 
+  it('a newline in a file name or an instances path never forges a line of inspect or prune', async () => {
+    const forged = 'na: would remove original FORGED (1 GiB)'
+    const host = await makeNovaHost(join(root, `forged\nlocal: ${forged}`), {
+      bases: [{age: 3 * DAY, imageId: 'old'}],
+      files: [{age: 3 * DAY, content: 'x', name: `junk\n${forged}`}],
+    })
+    const inspect = await runCli(['inspect', '--instances-path', host.instancesPath])
+    const dryRun = await runCli(['prune', '--dry-run', '--verbose', '--instances-path', host.instancesPath])
+    expect(inspect.exitCode).toBe(0)
+    expect(dryRun.exitCode).toBe(0)
+    for (const text of [inspect.stdout, inspect.stderr, dryRun.stdout, dryRun.stderr]) {
+      const lines = text.split('\n')
+      expect(lines.filter((l) => l.startsWith('na: ') || l.startsWith(`local: ${forged}`))).toEqual([])
+    }
+
+    expect(inspect.stdout).toContain(String.raw`junk\n${forged}`)
+    expect(dryRun.stderr).toContain(String.raw`junk\n${forged}`)
+    expect(inspect.stdout).toContain(String.raw`forged\nlocal: ${forged}`)
+    // JSON keeps the name as it is.
+    const json = await runCli(['inspect', '--instances-path', host.instancesPath, '--json'])
+    expect(JSON.stringify(json.json)).toContain(JSON.stringify(`junk\n${forged}`).slice(1, -1))
+  })
+
   it("honours --min-age and the node's nova.conf (instances path, cache dir name, ages)", async () => {
     const host = await makeNovaHost(join(root, 'conf'), {bases: [{age: 3 * HOUR, imageId: 'img-a'}]})
     const young = await runCli(['prune', '--dry-run', '--instances-path', host.instancesPath, '--json'])

@@ -1,6 +1,7 @@
 import type {InspectEntry, InspectResult} from '../inspect.js'
 
 import {formatBytes, formatDuration} from '../duration.js'
+import {printable} from './printable.js'
 import {renderTable} from './table.js'
 
 function pruneColumn(entry: InspectEntry, now: number): string {
@@ -122,7 +123,9 @@ function backendLines(r: InspectResult): string[] {
 /** Human view of `imgcache inspect`: a table per node, totals, and what needs attention. */
 export function formatInspect(results: InspectResult[], options: {now?: number; verbose?: boolean} = {}): string {
   const now = options.now ?? Date.now()
-  const out: string[] = []
+  // Each line one printable line (printable.ts): a newline in a planted file name or an instances
+  // path cannot forge one. Tables escape their own cells.
+  const out: Array<string | {table: string}> = []
   for (const r of results) {
     out.push(
       `${r.node}: ${r.cacheDir}${r.cacheDirExists ? '' : ' (does not exist: nothing cached)'}`,
@@ -154,8 +157,8 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
         e.sound ? 'ok' : `NO: ${e.problems.join('; ')}`,
         ...(verified ? [verifyColumn(e)] : []),
       ])
-      out.push(
-        renderTable(
+      out.push({
+        table: renderTable(
           [
             'NAME',
             'KIND',
@@ -171,7 +174,7 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
           ],
           rows,
         ),
-      )
+      })
     }
 
     const t = r.totals
@@ -208,5 +211,8 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
     out.push('')
   }
 
-  return out.join('\n').trimEnd()
+  return out
+    .map((line) => (typeof line === 'string' ? printable(line) : line.table))
+    .join('\n')
+    .trimEnd()
 }

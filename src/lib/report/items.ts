@@ -2,6 +2,7 @@ import type {ItemResult} from '../populate.js'
 
 import {formatBytes, formatDuration} from '../duration.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
+import {printable} from './printable.js'
 import {renderTable} from './table.js'
 
 export interface ItemTotals {
@@ -92,6 +93,8 @@ export function formatItems(items: ItemResult[]): string {
   }
 
   for (const [step, where] of steps)
-    lines.push(`→ ${step} (${where.slice(0, 5).join(', ')}${where.length > 5 ? `, +${where.length - 5}` : ''})`)
+    lines.push(
+      printable(`→ ${step} (${where.slice(0, 5).join(', ')}${where.length > 5 ? `, +${where.length - 5}` : ''})`),
+    )
   return lines.join('\n')
 }

@@ -1,6 +1,11 @@
 import Table from 'cli-table3'
 
-/** A plain, borderless, aligned table (readable in a terminal, in cron mail and in a pager). */
+import {printable} from './printable.js'
+
+/**
+ * A plain, borderless, aligned table (readable in a terminal, in cron mail and in a pager). Every
+ * cell is one printable line: a control character in a name is shown escaped (printable.ts).
+ */
 export function renderTable(head: string[], rows: string[][]): string {
   const table = new Table({
     chars: {
@@ -20,10 +25,10 @@ export function renderTable(head: string[], rows: string[][]): string {
       'top-mid': '',
       'top-right': '',
     },
-    head,
+    head: head.map((h) => printable(h)),
     style: {border: [], compact: true, head: [], 'padding-left': 0, 'padding-right': 0},
   })
-  table.push(...rows)
+  table.push(...rows.map((row) => row.map((cell) => printable(cell))))
   return table
     .toString()
     .split('\n')
