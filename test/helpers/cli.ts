@@ -100,5 +100,12 @@ export function spawnCli(
 
 /** oclif's own messages (parse errors) are wrapped and prefixed with ` ›`: undo that for matching. */
 export function flat(text: string): string {
-  return text.replaceAll(/\s*›\s*/g, ' ').replaceAll(/\s+/g, ' ')
+  // Colours too: with CI=true in the environment (CI runs so) oclif's plugins colour even off a terminal.
+  return (
+    text
+      // eslint-disable-next-line no-control-regex
+      .replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')
+      .replaceAll(/\s*›\s*/g, ' ')
+      .replaceAll(/\s+/g, ' ')
+  )
 }
