@@ -3,6 +3,7 @@ import {Flags} from '@oclif/core'
 import type {ImgcacheConfig} from './lib/config/schema.js'
 import type {CacheOverrides} from './lib/config/settings.js'
 
+import {KEEP_FREE_EXPECTED, type KeepFree, MAX_SIZE_EXPECTED, parseKeepFree, parseMaxSize} from './lib/cache/space.js'
 import {parseDuration} from './lib/duration.js'
 
 /** A duration flag: seconds, or `90s`, `45m`, `24h`, `1h30m`. Parsed to seconds at parse time. */
@@ -12,6 +13,24 @@ export const durationFlag = Flags.custom<number>({
     if (seconds === undefined)
       throw new Error(`expected a duration such as 3600, 90m or 24h, got ${JSON.stringify(input)}`)
     return seconds
+  },
+})
+
+/** prune --keep-free: a size or a percent of the file system. Parsed at parse time (exit 2 naming the flag). */
+export const keepFreeFlag = Flags.custom<KeepFree>({
+  async parse(input) {
+    const keepFree = parseKeepFree(input)
+    if (keepFree === undefined) throw new Error(`${KEEP_FREE_EXPECTED}, got ${JSON.stringify(input)}`)
+    return keepFree
+  },
+})
+
+/** prune --max-size: a size. */
+export const maxSizeFlag = Flags.custom<number>({
+  async parse(input) {
+    const bytes = parseMaxSize(input)
+    if (bytes === undefined) throw new Error(`${MAX_SIZE_EXPECTED}, got ${JSON.stringify(input)}`)
+    return bytes
   },
 })
 

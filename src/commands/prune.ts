@@ -1,7 +1,15 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand, withExitCodes} from '../base-command.js'
-import {cacheFlags, cacheOverrides, durationFlag, lockTimeoutFlag, nodeFlags} from '../flags.js'
+import {
+  cacheFlags,
+  cacheOverrides,
+  durationFlag,
+  keepFreeFlag,
+  lockTimeoutFlag,
+  maxSizeFlag,
+  nodeFlags,
+} from '../flags.js'
 import {analyzeNode} from '../lib/analysis.js'
 import {resolveCacheSettings} from '../lib/config/settings.js'
 import {ExitCode} from '../lib/exit-codes.js'
@@ -11,7 +19,7 @@ import {prune, type PruneDecision, type PruneResult} from '../lib/prune.js'
 import {writeMetricsFile} from '../lib/report/metrics-file.js'
 import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
 import {printable} from '../lib/report/printable.js'
-import {decisionLevel, decisionText, type LogLevel, pruneSummary} from '../lib/report/prune-format.js'
+import {decisionLevel, decisionText, type LogLevel, pruneSummary, spaceLine} from '../lib/report/prune-format.js'
 
 export interface PruneReport {
   dryRun: boolean
@@ -22,6 +30,8 @@ export interface PruneReport {
 export default class Prune extends BaseCommand<typeof Prune> {
   static override description = withExitCodes(
     `Runs Nova's image-cache clean-up pass: every cache entry that an instance uses is kept (and its mtime refreshed, as Nova does); unused originals older than the minimum age (24 h), unused resized bases older than 1 h, and unused swap and ephemeral templates older than 24 h are deleted, each under the nova-compute lock nova-<name>, and a deleted base's lock file goes with it. Before deleting, prune takes the locks of all the entries it is about to remove (in name order), scans the instance directories once more, and deletes only those still unused and old enough: a disk created over a base meanwhile keeps it (and it is touched), where Nova re-checks the age only. Ages are since the last use (mtime). Beyond Nova: stale .part/.converted files older than the resized age whose lock is free are removed too.
+
+Space targets, beyond Nova (--keep-free SIZE|PERCENT, --max-size SIZE, or keepFree/maxSize in the config's prune section, per aggregate or per node): after the age rules, if the cache's file system still has less free space than asked (df's available) or the cache dir's files take more than allowed, further unused cache entries are removed, least recently used (oldest mtime) first, younger than the minimum age if need be, as few as reach the target, under the same locks and re-check. Never an entry in use, a link, a temporary or a file that is not a cache entry. --dry-run lists them in that order with the free space the file system would then have. A target that cannot be reached (what is left is in use, or not prune's to remove) is not a failure of the run: prune exits 0 as it would without the target, says so in a warning line, in --json (space.reached, space.reason) and in --metrics-file (imgcache_prune_space_target_reached).
 
 prune never deletes a file that is not a cache entry by Nova's rules or a temporary of imgcache's, never follows a symlink out of the cache dir, and never waits forever for a lock (--lock-timeout). If any instance disk cannot be read, it deletes nothing and exits 4: it cannot know what that disk needs.
 
@@ -37,6 +47,10 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
       command: '<%= config.bin %> <%= command.id %> --min-age 12h --aggregate prod-web',
       description: 'Shorter lifetime, across an aggregate.',
     },
+    {
+      command: '<%= config.bin %> <%= command.id %> --keep-free 15% --dry-run --verbose',
+      description: 'Which unused entries would go, oldest use first, to keep 15% of the file system free.',
+    },
   ]
   static override flags = {
     ...nodeFlags,
@@ -44,11 +58,21 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
     'dry-run': Flags.boolean({
       description: 'Decide as prune would and change nothing (no deletion, no touch, no lock).',
     }),
+    'keep-free': keepFreeFlag({
+      description:
+        "After Nova's age rules, remove unused entries, least recently used first and younger than the minimum age if need be, until the cache's file system has this much free: a size (20G) or a percent of the file system (10%). Default: the config's.",
+      helpGroup: 'SPACE',
+    }),
     'lock-timeout': lockTimeoutFlag,
     'log-format': Flags.string({
       default: 'text',
       description: 'Format of the decision lines on stderr.',
       options: ['text', 'json'],
+    }),
+    'max-size': maxSizeFlag({
+      description:
+        "After Nova's age rules, remove unused entries, least recently used first and younger than the minimum age if need be, until the cache dir's files take at most this much (50G). Default: the config's.",
+      helpGroup: 'SPACE',
     }),
     'metrics-file': Flags.string({
       description: "Write Prometheus text metrics to this file (atomically), for node_exporter's textfile collector.",
@@ -73,6 +97,8 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
       async (node, spec) => {
         const settings = await resolveCacheSettings(node, config, spec.config, {
           ...cacheOverrides(this.flags),
+          keepFree: this.flags['keep-free'],
+          maxSize: this.flags['max-size'],
           minAge: this.flags['min-age'],
           resizedMinAge: this.flags['resized-min-age'],
         })
@@ -113,6 +139,8 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
     for (const r of report.nodes) {
       const summary = pruneSummary(r, {person})
       if (summary) this.log_(r.errors > 0 || r.guard.length > 0 ? 'warn' : 'info', summary, {node: r.node})
+      const space = spaceLine(r)
+      if (space) this.log_(space.level, space.text, {node: r.node, space: r.space})
     }
 
     for (const f of report.failures) this.log_('error', `${f.node}: ${f.message}`, {code: f.code, node: f.node})
@@ -136,6 +164,7 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
       kind: d.kind,
       node,
       reason: d.reason,
+      ...(d.space ? {space: d.space} : {}),
       touched: d.touched,
     })
   }

@@ -6,8 +6,10 @@ import type {LockHandle} from './node/types.js'
 import {analyzeNode, type NodeAnalysis} from './analysis.js'
 import {SIDECAR_DIR} from './cache/naming.js'
 import {lockOrder, type PlanItem, recheckRemoval} from './cache/policy.js'
+import {hasSpaceTarget} from './cache/space.js'
 import {formatDuration} from './duration.js'
 import {describeError, errnoCode, ImgcacheError} from './errors.js'
+import {chooseSpaceRemovals, type SpaceRemoval, type SpaceReport, spaceReport} from './prune-space.js'
 
 export type PruneOutcome =
   /** Removing it failed. */
@@ -39,6 +41,8 @@ export interface PruneDecision {
   reason: string
   /** When an unused entry becomes removable (ISO time), for too-young entries. */
   removableAt?: string
+  /** Removed (or would be) for a space target, beyond the age rules: its place and the figures after it. */
+  space?: SpaceRemoval
   /** Whether the entry's mtime was refreshed (or, in a dry run, would be). */
   touched: boolean
   users?: string[]
@@ -60,6 +64,8 @@ export interface PruneResult {
   removed: number
   /** Orphaned imgcache metadata files removed. */
   sidecarsRemoved: number
+  /** Prune by space (--keep-free, --max-size): present when a target applies to the node. */
+  space?: SpaceReport
   touched: number
 }
 
@@ -209,6 +215,19 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
     decisions.push(decision)
   }
 
+  // Space targets, after the age rules: the least recently used unused entries join the same batch
+  // (the same locks, the same re-scan), and their decisions move to the end, in the order chosen.
+  if (hasSpaceTarget(settings.space) && !options.signal?.aborted) {
+    const byName = new Map(decisions.map((d) => [d.name, d]))
+    for (const item of chooseSpaceRemovals(analysis, byName, guarded)) {
+      const decision = byName.get(item.name)!
+      if (!options.dryRun && item.verdict.action === 'remove') batch.push({decision, item, lock: item.verdict.lock})
+    }
+
+    const rank = (d: PruneDecision) => d.space?.rank ?? 0
+    decisions.sort((a, b) => rank(a) - rank(b))
+  }
+
   if (batch.length > 0) result.guard = [...result.guard, ...(await removeRechecked(analysis, batch, options))]
 
   for (const decision of decisions) {
@@ -222,6 +241,8 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
 
     emit(decision)
   }
+
+  if (hasSpaceTarget(settings.space)) result.space = spaceReport(analysis, result.decisions, result.guard.length > 0)
 
   if (!guarded && !options.dryRun && settings.policy.removeUnused) {
     const gone = new Set(result.decisions.filter((d) => d.outcome === 'removed').map((d) => d.name))

@@ -1,5 +1,6 @@
 import {z} from 'zod'
 
+import {KEEP_FREE_EXPECTED, MAX_SIZE_EXPECTED, parseKeepFree, parseMaxSize} from '../cache/space.js'
 import {parseDuration} from '../duration.js'
 
 /** Seconds, written as a number or as `24h`, `90m`, `1h30m`. */
@@ -12,6 +13,39 @@ export const durationSchema = z.union([z.number(), z.string()]).transform((value
 
   return seconds
 })
+
+/** `keepFree`: a size (`20G`, a number of bytes) or a percent of the file system (`10%`). */
+const keepFreeSchema = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const keepFree = parseKeepFree(value)
+  if (keepFree === undefined) {
+    ctx.addIssue({code: z.ZodIssueCode.custom, message: KEEP_FREE_EXPECTED})
+    return z.NEVER
+  }
+
+  return keepFree
+})
+
+const maxSizeSchema = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const bytes = parseMaxSize(value)
+  if (bytes === undefined) {
+    ctx.addIssue({code: z.ZodIssueCode.custom, message: MAX_SIZE_EXPECTED})
+    return z.NEVER
+  }
+
+  return bytes
+})
+
+/**
+ * Prune by space (beyond Nova): after the age rules, unused entries go least recently used first
+ * until the file system has `keepFree` free and the cache is at most `maxSize`. At the top level
+ * (`prune`), per aggregate and per node; the node's own wins, then its aggregates' (the strictest).
+ */
+export const spaceSettingsSchema = z
+  .object({
+    keepFree: keepFreeSchema.optional(),
+    maxSize: maxSizeSchema.optional(),
+  })
+  .strict()
 
 const hostKeyChecking = z.enum(['yes', 'accept-new'], {
   errorMap: () => ({
@@ -58,6 +92,7 @@ export const nodeSchema = z
     /** Host name or address reached over SSH; omit (or `local: true`) for this machine. */
     host: z.string().min(1).optional(),
     local: z.boolean().optional(),
+    prune: spaceSettingsSchema.optional(),
   })
   .strict()
   .refine((n) => !(n.host && n.local), {message: 'a node is either local or has a host, not both'})
@@ -67,6 +102,7 @@ export const aggregateSchema = z
     concurrency: z.number().int().min(1).optional(),
     images: z.array(z.string().min(1)).optional(),
     nodes: z.array(z.string().min(1)).min(1),
+    prune: spaceSettingsSchema.optional(),
   })
   .strict()
 
@@ -117,6 +153,7 @@ export const imageAliasSchema = z
 
 export const pruneSettingsSchema = z
   .object({
+    ...spaceSettingsSchema.shape,
     /** Age (since last use) after which an unused original base is removed. Nova: 86400 s. */
     minAge: durationSchema.optional(),
     /** `remove_unused_base_images`: false makes every prune a dry run, as in Nova. */

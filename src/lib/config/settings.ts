@@ -6,6 +6,7 @@ import type {ImgcacheConfig, NodeConfig} from './schema.js'
 
 import {type Backend, cephConfFsid, DEFAULT_CEPH_CONF, effectiveBackend} from '../backend/rules.js'
 import {ephemeralExtension, SIDECAR_DIR} from '../cache/naming.js'
+import {type KeepFree, type Sourced, type SpaceTarget} from '../cache/space.js'
 import {ImgcacheError, UsageError} from '../errors.js'
 import {novaConfRequest, type NovaConfSelection, orderNovaConf} from './nova-conf-files.js'
 import {NOVA_DEFAULTS, type NovaConf, parseNovaConfFiles} from './nova-conf.js'
@@ -44,6 +45,10 @@ async function resolveBackend(
 export interface CacheOverrides {
   cacheDir?: string
   instancesPath?: string
+  /** --keep-free: free space to keep on the cache's file system (prune by space). */
+  keepFree?: KeepFree
+  /** --max-size: largest size of the cache (prune by space). */
+  maxSize?: number
   minAge?: number
   /** --nova-conf: the node's nova.conf files, in order. */
   novaConf?: string[]
@@ -70,6 +75,8 @@ export interface CacheSettings {
   novaConf: {files: string[]}
   origins: {cacheDir: Origin; instancesPath: Origin; minAge: Origin; removeUnused: Origin; resizedMinAge: Origin}
   policy: PolicySettings
+  /** Prune by space (beyond Nova): the targets that apply to this node, none when not asked. */
+  space: SpaceTarget
   vmdkAllowedTypes: string[]
 }
 
@@ -182,10 +189,43 @@ export async function resolveCacheSettings(
       resizedMinAge: resizedOrigin,
     },
     policy: {originalMinAge: minAge, removeUnused, resizedMinAge},
+    space: resolveSpaceTarget(node.name, config, nodeConfig, overrides),
     vmdkAllowedTypes: config.fetch?.vmdkAllowedTypes ?? nova?.vmdkAllowedTypes ?? NOVA_DEFAULTS.vmdkAllowedTypes,
   }
   bindInstancesPath(node, settings)
   return settings
+}
+
+/**
+ * The space targets of a node, each key on its own: the flag, else the node's `prune`, else the
+ * `prune` of every aggregate that lists the node (all of them: the strictest value wins, so a node
+ * meets what each of its aggregates asks whichever way it is selected), else the top-level `prune`.
+ */
+export function resolveSpaceTarget(
+  nodeName: string,
+  config: ImgcacheConfig,
+  nodeConfig: NodeConfig | undefined,
+  overrides: Pick<CacheOverrides, 'keepFree' | 'maxSize'>,
+): SpaceTarget {
+  const aggregates = Object.entries(config.aggregates ?? {}).filter(([, a]) => a.nodes.includes(nodeName))
+  function level<K extends 'keepFree' | 'maxSize'>(
+    key: K,
+    flag: string,
+  ): Array<Sourced<NonNullable<CacheOverrides[K]>>> {
+    type V = NonNullable<CacheOverrides[K]>
+    const one = (value: undefined | V, source: string) => (value === undefined ? [] : [{source, value}])
+    const fromFlag = one(overrides[key] as undefined | V, flag)
+    if (fromFlag.length > 0) return fromFlag
+    const fromNode = one(nodeConfig?.prune?.[key] as undefined | V, `nodes.${nodeName}.prune.${key}`)
+    if (fromNode.length > 0) return fromNode
+    const fromAggregates = aggregates.flatMap(([name, a]) =>
+      one(a.prune?.[key] as undefined | V, `aggregates.${name}.prune.${key}`),
+    )
+    if (fromAggregates.length > 0) return fromAggregates
+    return one(config.prune?.[key] as undefined | V, `prune.${key}`)
+  }
+
+  return {keepFree: level('keepFree', '--keep-free'), maxSize: level('maxSize', '--max-size')}
 }
 
 /**

@@ -17,6 +17,21 @@ const METRICS = {
   ],
   reclaimed: ['imgcache_prune_reclaimed_bytes', 'gauge', 'Bytes freed by the last prune run.'],
   removed: ['imgcache_prune_removed_entries', 'gauge', 'Entries removed by the last prune run.'],
+  spaceFree: [
+    'imgcache_prune_space_free_bytes',
+    'gauge',
+    "Free bytes of the cache's file system after the last prune run (nodes with a space target).",
+  ],
+  spaceReached: [
+    'imgcache_prune_space_target_reached',
+    'gauge',
+    "1 when the last prune run reached the node's space target (--keep-free, --max-size), else 0; reason says why not.",
+  ],
+  spaceRemoved: [
+    'imgcache_prune_space_removed_entries',
+    'gauge',
+    'Entries the last prune run removed for the space target alone, beyond the age rules.',
+  ],
 } as const
 
 function escapeLabel(value: string): string {
@@ -83,6 +98,27 @@ export function formatMetrics(nodes: NodeMetrics[], nowSeconds: number, previous
     'errors',
     nodes.map((n) => [{node: n.node}, (n.result?.errors ?? 0) + (n.failed ? 1 : 0)]),
   )
+  // Space targets: only for runs that changed something (a dry run leaves the disk as it was).
+  const spaced = nodes.flatMap((n) =>
+    n.result?.space && !n.result.dryRun ? [{node: n.node, space: n.result.space}] : [],
+  )
+  if (spaced.length > 0) {
+    series(
+      'spaceReached',
+      spaced.map(({node, space}) => [{node, reason: space.reason ?? 'none'}, space.reached ? 1 : 0]),
+    )
+    series(
+      'spaceRemoved',
+      spaced.map(({node, space}) => [{node}, space.removed]),
+    )
+    series(
+      'spaceFree',
+      spaced.flatMap(({node, space}): Array<[Record<string, string>, number]> =>
+        space.after.freeBytes === undefined ? [] : [[{node}, space.after.freeBytes]],
+      ),
+    )
+  }
+
   series(
     'lastSuccess',
     nodes

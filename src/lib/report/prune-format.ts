@@ -1,3 +1,4 @@
+import type {SpaceReport, Tally} from '../prune-space.js'
 import type {PruneDecision, PruneResult} from '../prune.js'
 
 import {formatBytes, formatDuration} from '../duration.js'
@@ -48,7 +49,7 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
 
     case 'removed': {
       const verb = dryRun ? 'would remove' : 'removed'
-      return `${prefix}${verb} ${d.kind === 'temporary' ? 'stale temporary' : d.kind} ${d.path} (${formatBytes(d.bytes)}, unused for ${formatDuration(d.ageSeconds)})${d.kind === 'temporary' ? `: ${d.reason}` : ''}`
+      return `${prefix}${verb} ${d.kind === 'temporary' ? 'stale temporary' : d.kind} ${d.path} (${formatBytes(d.bytes)}, unused for ${formatDuration(d.ageSeconds)})${d.kind === 'temporary' ? `: ${d.reason}` : ''}${d.space ? spaceStep(d.space, dryRun) : ''}`
     }
 
     case 'too-young': {
@@ -81,4 +82,83 @@ export function pruneSummary(r: PruneResult, options: {person?: boolean} = {}): 
   }
 
   return parts.length > 0 ? `${run}${parts.join(', ')}` : ''
+}
+
+/** The tail of a removal made for space: its place in the order and what the file system then has. */
+function spaceStep(step: NonNullable<PruneDecision['space']>, dryRun: boolean): string {
+  const figures = [
+    step.freeBytesAfter === undefined ? '' : `${formatBytes(step.freeBytesAfter)} free`,
+    `cache ${formatBytes(step.cacheBytesAfter)}`,
+  ].filter(Boolean)
+  return `: #${step.rank} least recently used, for space; ${dryRun ? 'would leave' : 'leaves'} ${figures.join(', ')}`
+}
+
+function tallyText(t: Tally, what: string): string {
+  return t.entries === 0 ? '' : `${t.entries} ${what} (${formatBytes(t.bytes)})`
+}
+
+/** Why a space target was not reached, in words. */
+function shortfallText(space: SpaceReport): string {
+  switch (space.reason) {
+    case 'guarded': {
+      return 'nothing removed: an instance disk could not be read'
+    }
+
+    case 'in-use': {
+      return `every entry left in the cache is in use (${space.left.inUse.entries}, ${formatBytes(space.left.inUse.bytes)})`
+    }
+
+    case 'no-fs-usage': {
+      return "the file system's free space could not be read"
+    }
+
+    case 'removal-disabled': {
+      return 'remove_unused_base_images is off: prune removes nothing'
+    }
+
+    case 'too-little-removable': {
+      const parts = [
+        tallyText(space.left.inUse, 'in use'),
+        tallyText(space.left.kept, 'kept under their lock or by the re-check'),
+        tallyText(space.left.notRemovable, 'that prune never removes (not cache entries, temporaries in progress)'),
+      ].filter(Boolean)
+      return parts.length === 0
+        ? "too little is removable: the cache is empty, the file system's other files hold the space"
+        : `too little is removable: left are ${parts.join(', ')}`
+    }
+
+    case undefined: {
+      return ''
+    }
+  }
+}
+
+/**
+ * The line about a node's space target: a warning when it was not reached (the run still succeeded:
+ * exit 0), an info line when entries were removed for it, a verbose one when it was met already.
+ */
+export function spaceLine(r: PruneResult): undefined | {level: LogLevel; text: string} {
+  const {space} = r
+  if (!space) return undefined
+  const {after, target} = space
+  const asked = [
+    target.keepFreeBytes === undefined
+      ? ''
+      : `${after.freeBytes === undefined ? 'free space unknown' : `${formatBytes(after.freeBytes)} free`}, at least ${formatBytes(target.keepFreeBytes)} asked (${target.keepFreeFrom}${target.keepFreePercent === undefined ? '' : ` ${target.keepFreePercent}%`})`,
+    target.maxSizeBytes === undefined
+      ? ''
+      : `cache ${formatBytes(after.cacheBytes)}, at most ${formatBytes(target.maxSizeBytes)} asked (${target.maxSizeFrom})`,
+  ]
+    .filter(Boolean)
+    .join('; ')
+  const run = `${r.node}: ${r.dryRun ? '(dry run) ' : ''}`
+  if (!space.reached) return {level: 'warn', text: `${run}space target not reached: ${asked}: ${shortfallText(space)}`}
+  if (space.removed > 0) {
+    return {
+      level: 'info',
+      text: `${run}space target ${r.dryRun ? 'would be ' : ''}reached: ${asked}; ${r.dryRun ? 'would remove' : 'removed'} ${space.removed} unused entr${space.removed === 1 ? 'y' : 'ies'} (${formatBytes(space.reclaimedBytes)}) least recently used first`,
+    }
+  }
+
+  return {level: 'verbose', text: `${run}space target met: ${asked}`}
 }
