@@ -39,4 +39,31 @@ describe('Prometheus text for prune', () => {
     expect(text).toContain('imgcache_prune_errors{node="cmp-02"} 1')
     expect(text).toContain('imgcache_prune_last_run_timestamp_seconds{node="cmp-02"} 1700000000')
   })
+
+  it('says whether a space target was reached and why not, for runs that changed something', () => {
+    const space = {
+      after: {cacheBytes: 40, freeBytes: 60},
+      before: {cacheBytes: 50, freeBytes: 50, totalBytes: 100},
+      left: {inUse: {bytes: 40, entries: 2}, kept: {bytes: 0, entries: 0}, notRemovable: {bytes: 0, entries: 0}},
+      reached: false,
+      reason: 'in-use' as const,
+      reclaimedBytes: 10,
+      removed: 1,
+      target: {keepFreeBytes: 90, keepFreeFrom: '--keep-free'},
+    }
+    const run = {...result, node: 'cmp-03', space}
+    const text = formatMetrics([{failed: false, node: 'cmp-03', result: run}], 1_700_000_000, new Map())
+    expect(text).toContain('imgcache_prune_space_target_reached{node="cmp-03",reason="in-use"} 0')
+    expect(text).toContain('imgcache_prune_space_removed_entries{node="cmp-03"} 1')
+    expect(text).toContain('imgcache_prune_space_free_bytes{node="cmp-03"} 60')
+    const reached = {...run, space: {...space, reached: true, reason: undefined}}
+    expect(formatMetrics([{failed: false, node: 'cmp-03', result: reached}], 1, new Map())).toContain(
+      'imgcache_prune_space_target_reached{node="cmp-03",reason="none"} 1',
+    )
+    // A dry run leaves the disk as it was: no space series.
+    const dry = formatMetrics([{failed: false, node: 'cmp-03', result: {...run, dryRun: true}}], 1, new Map())
+    expect(dry).not.toContain('imgcache_prune_space_')
+    // No target, no space series.
+    expect(formatMetrics([{failed: false, node: 'x', result}], 1, new Map())).not.toContain('imgcache_prune_space_')
+  })
 })
