@@ -4,7 +4,6 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import type {NodeAnalysis} from '../../src/lib/analysis.js'
-import type {PruneDecision} from '../../src/lib/prune.js'
 
 import {cacheName} from '../../src/lib/cache/naming.js'
 import {NOVA_POLICY_DEFAULTS, planPrune, recheckRemoval} from '../../src/lib/cache/policy.js'
@@ -20,7 +19,8 @@ import {computeUsage, indexScan} from '../../src/lib/cache/usage.js'
 import {loadConfig} from '../../src/lib/config/load.js'
 import {resolveSpaceTarget} from '../../src/lib/config/settings.js'
 import {UsageError} from '../../src/lib/errors.js'
-import {chooseSpaceRemovals} from '../../src/lib/prune-space.js'
+import {chooseSpaceRemovals, spaceReport} from '../../src/lib/prune-space.js'
+import {type PruneDecision, pruneVerdict} from '../../src/lib/prune.js'
 import {file, instanceDir, NOW, qcow2Head, scanOf} from '../helpers/scan-builder.js'
 
 const MiB = 1024 * 1024
@@ -243,7 +243,7 @@ describe('removals for space: the candidates, and the same re-check under the lo
           bytes: i.entry.allocated,
           kind: i.kind,
           name: i.name,
-          outcome: i.verdict.action === 'remove' ? 'removed' : 'too-young',
+          outcome: pruneVerdict(i, false).outcome,
           path: `${CACHE}/${i.name}`,
           reason: '',
           touched: false,
@@ -270,6 +270,38 @@ describe('removals for space: the candidates, and the same re-check under the lo
     expect(chooseSpaceRemovals(a, decide(a).decisions, true)).toEqual([])
     const off = {...a, settings: {...a.settings, policy: {...NOVA_POLICY_DEFAULTS, removeUnused: false}}}
     expect(chooseSpaceRemovals(off as NodeAnalysis, decide(off as NodeAnalysis).decisions, false)).toEqual([])
+  })
+
+  it('the report says why a target was not reached', () => {
+    const a = analysis()
+    const {decisions} = decide(a)
+    expect(spaceReport(a, [...decisions.values()], false)).toMatchObject({
+      after: {freeBytes: 12 * MiB},
+      before: {freeBytes: 10 * MiB, totalBytes: 100 * MiB},
+      left: {inUse: {entries: 1}, kept: {entries: 0}, notRemovable: {entries: 2}},
+      reached: false,
+      reason: 'too-little-removable',
+      removed: 1,
+      target: {keepFreeBytes: 99 * MiB, keepFreeFrom: '--keep-free', keepFreePercent: 99},
+    })
+    const guarded = decide(a).decisions
+    expect(spaceReport(a, [...guarded.values()], true).reason).toBe('guarded')
+    const off = {
+      ...a,
+      settings: {...a.settings, policy: {...NOVA_POLICY_DEFAULTS, removeUnused: false}},
+    } as NodeAnalysis
+    expect(spaceReport(off, [...decide(off).decisions.values()], false).reason).toBe('removal-disabled')
+    const blind = {...a, scan: {...a.scan, fs: undefined}} as NodeAnalysis
+    expect(spaceReport(blind, [...decide(blind).decisions.values()], false)).toMatchObject({
+      reached: false,
+      reason: 'no-fs-usage',
+    })
+    // Only the entry in use is left: everything left is in use.
+    const only = analysis([file(USED, 40 * HOUR, {allocated: MiB}), file(YOUNG, 2 * HOUR, {allocated: MiB})])
+    expect(spaceReport(only, [...decide(only).decisions.values()], false)).toMatchObject({
+      left: {inUse: {bytes: MiB, entries: 1}},
+      reason: 'in-use',
+    })
   })
 
   it('re-checked under the lock: touched since the scan, or used by a disk made since, it stays', () => {

@@ -3,37 +3,26 @@ import {z} from 'zod'
 import {KEEP_FREE_EXPECTED, MAX_SIZE_EXPECTED, parseKeepFree, parseMaxSize} from '../cache/space.js'
 import {parseDuration} from '../duration.js'
 
-/** Seconds, written as a number or as `24h`, `90m`, `1h30m`. */
-export const durationSchema = z.union([z.number(), z.string()]).transform((value, ctx) => {
-  const seconds = parseDuration(value)
-  if (seconds === undefined) {
-    ctx.addIssue({code: z.ZodIssueCode.custom, message: 'expected a duration such as 3600, "90m" or "24h"'})
-    return z.NEVER
-  }
+/** A number or a string, turned into a value by `parse`; `expected` says what was wanted when it does not parse. */
+function parsedSchema<T>(parse: (value: number | string) => T | undefined, expected: string) {
+  return z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const parsed = parse(value)
+    if (parsed === undefined) {
+      ctx.addIssue({code: z.ZodIssueCode.custom, message: expected})
+      return z.NEVER
+    }
 
-  return seconds
-})
+    return parsed
+  })
+}
+
+/** Seconds, written as a number or as `24h`, `90m`, `1h30m`. */
+export const durationSchema = parsedSchema(parseDuration, 'expected a duration such as 3600, "90m" or "24h"')
 
 /** `keepFree`: a size (`20G`, a number of bytes) or a percent of the file system (`10%`). */
-const keepFreeSchema = z.union([z.number(), z.string()]).transform((value, ctx) => {
-  const keepFree = parseKeepFree(value)
-  if (keepFree === undefined) {
-    ctx.addIssue({code: z.ZodIssueCode.custom, message: KEEP_FREE_EXPECTED})
-    return z.NEVER
-  }
+const keepFreeSchema = parsedSchema(parseKeepFree, KEEP_FREE_EXPECTED)
 
-  return keepFree
-})
-
-const maxSizeSchema = z.union([z.number(), z.string()]).transform((value, ctx) => {
-  const bytes = parseMaxSize(value)
-  if (bytes === undefined) {
-    ctx.addIssue({code: z.ZodIssueCode.custom, message: MAX_SIZE_EXPECTED})
-    return z.NEVER
-  }
-
-  return bytes
-})
+const maxSizeSchema = parsedSchema(parseMaxSize, MAX_SIZE_EXPECTED)
 
 /**
  * Prune by space (beyond Nova): after the age rules, unused entries go least recently used first
