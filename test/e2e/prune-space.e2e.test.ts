@@ -12,6 +12,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {DAY, HOUR, makeNovaHost, type NovaHost, qemuImg, setAge, sha1} from '../fixtures/nova-host.js'
 import {flat, runCli} from '../helpers/cli.js'
+import {fleetConfig} from '../helpers/fleet.js'
+import {startNodes, type TestNodes} from '../helpers/nodes.js'
 import {holdOsloLock} from '../helpers/oslo-lock.js'
 
 const MiB = 1024 * 1024
@@ -361,5 +363,47 @@ aggregates:
       maxSizeBytes: 1,
       maxSizeFrom: 'prune.maxSize',
     })
+  })
+})
+
+describe('imgcache prune by space on an SSH node (a real sshd, its instances path on a tmpfs)', () => {
+  let nodes: TestNodes | undefined
+  afterAll(async () => {
+    await nodes?.stop()
+  })
+
+  it('takes the free space from the node and removes the same entries, in the same order, over SSH', async () => {
+    nodes = await startNodes(1, {diskMb: 64, names: ['small']})
+    const node = nodes.node('small')
+    const host = await layout(node.instancesPath)
+    const [a, b, c] = [await allocated(host.path(A)), await allocated(host.path(B)), await allocated(host.path(C))]
+    const {free} = await freeBytes(host.instancesPath)
+    const target = free + a + b + 1
+    // The config as a file holds it (the input form: keepFree as bytes), the node's own prune section.
+    const fleet = fleetConfig(nodes)
+    const config = {
+      ...fleet,
+      nodes: {small: {...fleet.nodes!.small, instancesPath: host.instancesPath, prune: {keepFree: target}}},
+    }
+    const cfg = join(root, 'ssh-space.json')
+    await writeFile(cfg, JSON.stringify(config))
+    const before = await listing(host)
+    const dry = await runCli(['prune', '--config', cfg, '--node', 'small', '--dry-run', '--json'])
+    expect(dry.exitCode, dry.stderr).toBe(0)
+    const planned = (dry.json as PruneJson).nodes[0]!
+    expect(planned.decisions.filter((d) => d.space).map((d) => [d.name, d.space!.freeBytesAfter])).toEqual([
+      [B, free + a + b],
+      [C, free + a + b + c],
+    ])
+    expect(planned.space).toMatchObject({
+      before: {freeBytes: free},
+      target: {keepFreeFrom: 'nodes.small.prune.keepFree'},
+    })
+    expect(await listing(host)).toEqual(before)
+    const run = await runCli(['prune', '--config', cfg, '--node', 'small', '--json'])
+    expect(run.exitCode, run.stderr).toBe(0)
+    expect((run.json as PruneJson).nodes[0]!.space).toMatchObject({reached: true, removed: 2})
+    expect(Object.keys(await listing(host)).sort()).toEqual([D, E, LINK, PART, 'random.txt'].sort())
+    expect((await freeBytes(host.instancesPath)).free).toBeGreaterThanOrEqual(target)
   })
 })
