@@ -127,8 +127,10 @@ export function pruneVerdict(
 /**
  * Nova's clean-up pass on one analysed node (reference §2.4–2.5): touch in-use entries, remove
  * unused ones old enough under their lock after re-checking their age, remove their lock files,
- * and remove imgcache's own stale temporaries when nobody holds their lock. A dry run makes the
- * same decisions and changes nothing.
+ * and remove imgcache's own stale temporaries when nobody holds their lock. With a space target
+ * (--keep-free, --max-size), unused entries then go least recently used first until it is met
+ * (prune-space.ts), under the same locks and re-check. A dry run makes the same decisions and
+ * changes nothing.
  */
 export async function prune(analysis: NodeAnalysis, options: PruneOptions): Promise<PruneResult> {
   const {node, plan, settings, usage} = analysis
