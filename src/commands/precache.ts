@@ -7,12 +7,11 @@ import {resolveCacheSettings} from '../lib/config/settings.js'
 import {formatDuration} from '../lib/duration.js'
 import {UsageError} from '../lib/errors.js'
 import {ExitCode} from '../lib/exit-codes.js'
-import {createImageSource} from '../lib/image-source/index.js'
 import {type ResolvedImage, resolveImages} from '../lib/images.js'
 import {type Node} from '../lib/node/types.js'
 import {findAggregate, type NodeSpec, selectNodes} from '../lib/nodes.js'
 import {formatPlan, type PlanTotals, planTotals} from '../lib/plan/format.js'
-import {type InUseImage, type MissingImage, resolveInUse} from '../lib/plan/in-use.js'
+import {findInUse, type InUseImage, type MissingImage} from '../lib/plan/in-use.js'
 import {planExit, type PlannedItem} from '../lib/plan/items.js'
 import {planPrecache} from '../lib/plan/plan.js'
 import {type LinkSpeeds, mergeLinkSpeeds, type ModePlan, parseLinkSpeeds} from '../lib/plan/rules.js'
@@ -188,7 +187,14 @@ Everything a single populate guarantees holds on every node: verified, inspected
       inUse || this.flags['dry-run']
         ? await scanNodes(specs, config, settingsFor, {concurrency, signal: this.interrupt.signal})
         : undefined
-    const found = scans && inUse ? await this.inUseImages(scans) : undefined
+    const found =
+      scans && inUse
+        ? await findInUse(scans, config.imageService, {
+            cwd: process.cwd(),
+            env: process.env,
+            signal: this.interrupt.signal,
+          })
+        : undefined
     const images = [...named, ...(found?.images ?? []).filter((i) => !named.some((n) => n.record.id === i.record.id))]
     const inUseReport = found ? {images: found.used, missing: found.missing} : undefined
     if (scans && this.flags['dry-run'])
@@ -264,23 +270,6 @@ Everything a single populate guarantees holds on every node: verified, inspected
     // Fleet contract: 0 all good, 3 partial, 1 nothing succeeded (whatever the reasons).
     this.exitWith(itemsExit(result.items, this.interrupt.signal.aborted, {nothingSucceeded: ExitCode.Failed}))
     return report
-  }
-
-  /** --in-use: the images of the scanned instances, from the configured image service. */
-  private async inUseImages(scans: NodeScan[]) {
-    const source = await createImageSource(this.config_.config.imageService, process.env, {cwd: process.cwd()})
-    if (!source) {
-      throw new UsageError(
-        'NO_IMAGE_SERVICE',
-        '--in-use looks the images up in the image service, and none is configured',
-        {
-          field: 'imageService',
-          suggestions: ['Set OS_CLOUD (with a clouds.yaml), the OS_* variables, or imageService in the config file.'],
-        },
-      )
-    }
-
-    return resolveInUse(scans, source, {signal: this.interrupt.signal})
   }
 
   /** --dry-run: the plan as a run's report; exit codes as a real run would most likely end. */

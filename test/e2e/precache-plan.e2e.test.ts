@@ -1,5 +1,4 @@
 import {lstat, mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
-import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -13,6 +12,7 @@ import {fleetConfig} from '../helpers/fleet.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
 import {payload, sha256} from '../helpers/payload.js'
+import {deadPort} from '../helpers/ports.js'
 
 // precache --dry-run and --in-use over real sshd nodes on loopback and a real glance-api: three
 // nodes with instances laid out as Nova leaves them (libvirt.xml, qcow2 disks backed by bases),
@@ -28,19 +28,6 @@ let imageB: GlanceImageJson
 let gone: GlanceImageJson
 const contentA = payload(41, 2 * MiB)
 const contentB = payload(42, MiB + 512)
-
-/** A port on 127.0.0.1 that nothing listens on. */
-async function deadPort(): Promise<number> {
-  const probe = createServer()
-  await new Promise<void>((resolve) => {
-    probe.listen(0, '127.0.0.1', resolve)
-  })
-  const {port} = probe.address() as {port: number}
-  await new Promise((resolve) => {
-    probe.close(resolve)
-  })
-  return port
-}
 
 /** The instances path of one test's layout on a node. */
 const instancesOf = (node: string, sub: string) => path.join(nodes.node(node).instancesPath, sub, 'instances')

@@ -1,9 +1,11 @@
+import type {ImageServiceConfig} from '../config/schema.js'
 import type {ImageSource} from '../image-source/types.js'
 import type {ResolvedImage} from '../images.js'
 import type {NodeScan} from './scan.js'
 
 import {cacheName} from '../cache/naming.js'
-import {describeError, ImgcacheError} from '../errors.js'
+import {describeError, ImgcacheError, UsageError} from '../errors.js'
+import {createImageSource} from '../image-source/index.js'
 import {assertFetchable} from '../image-source/status.js'
 
 /** An image some instance of the aggregate uses, found by the scans. */
@@ -123,4 +125,25 @@ export async function resolveInUse(
   }
 
   return {images, missing, used}
+}
+
+/** resolveInUse with the configured image service; none configured is a usage error (exit 2). */
+export async function findInUse(
+  scans: NodeScan[],
+  imageService: ImageServiceConfig | undefined,
+  context: {cwd: string; env: NodeJS.ProcessEnv; signal?: AbortSignal},
+): Promise<InUseResult> {
+  const source = await createImageSource(imageService, context.env, {cwd: context.cwd})
+  if (!source) {
+    throw new UsageError(
+      'NO_IMAGE_SERVICE',
+      '--in-use looks the images up in the image service, and none is configured',
+      {
+        field: 'imageService',
+        suggestions: ['Set OS_CLOUD (with a clouds.yaml), the OS_* variables, or imageService in the config file.'],
+      },
+    )
+  }
+
+  return resolveInUse(scans, source, {signal: context.signal})
 }
