@@ -140,6 +140,7 @@ Everything a single populate guarantees holds on every node: verified, inspected
     'Pre-cache images on every node of an aggregate, with live progress and a per-node, per-image report.'
 
   async run(): Promise<PrecachePlanReport | PrecacheReport> {
+    const started = Date.now()
     const {config} = this.config_
     const aggregateName = this.flags.aggregate
     const aggregate = findAggregate(config, aggregateName)
@@ -198,7 +199,7 @@ Everything a single populate guarantees holds on every node: verified, inspected
     const images = [...named, ...(found?.images ?? []).filter((i) => !named.some((n) => n.record.id === i.record.id))]
     const inUseReport = found ? {images: found.used, missing: found.missing} : undefined
     if (scans && this.flags['dry-run'])
-      return this.reportPlan(scans, images, {concurrency, inUse: inUseReport, speeds, via})
+      return this.reportPlan(scans, images, {concurrency, inUse: inUseReport, speeds, started, via})
     if (images.length === 0) {
       this.log(`No image to cache: no instance of aggregate ${aggregateName} uses one the image service has.`)
       this.exitWith(ExitCode.Ok)
@@ -276,7 +277,7 @@ Everything a single populate guarantees holds on every node: verified, inspected
   private reportPlan(
     scans: NodeScan[],
     images: ResolvedImage[],
-    context: {concurrency: number; inUse?: PrecacheReport['inUse']; speeds: LinkSpeeds; via: Via},
+    context: {concurrency: number; inUse?: PrecacheReport['inUse']; speeds: LinkSpeeds; started: number; via: Via},
   ): PrecachePlanReport {
     const plan = planPrecache(scans, images, {
       concurrency: context.concurrency,
@@ -298,7 +299,7 @@ Everything a single populate guarantees holds on every node: verified, inspected
     return {
       aggregate: this.flags.aggregate,
       dryRun: true,
-      durationMs: 0,
+      durationMs: Date.now() - context.started,
       images: images.map((i) => ({id: i.record.id, name: i.record.name, ref: i.ref})),
       inUse: context.inUse,
       items: plan.items,

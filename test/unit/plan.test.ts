@@ -5,6 +5,7 @@ import type {NodeScan} from '../../src/lib/plan/scan.js'
 
 import {effectiveBackend} from '../../src/lib/backend/rules.js'
 import {cacheName} from '../../src/lib/cache/naming.js'
+import {configSchema} from '../../src/lib/config/schema.js'
 import {ImgcacheError} from '../../src/lib/errors.js'
 import {planExit, planPair} from '../../src/lib/plan/items.js'
 import {mergeLinkSpeeds, parseLinkSpeeds, parseRate, planFigures} from '../../src/lib/plan/rules.js'
@@ -158,5 +159,21 @@ describe('planPair', () => {
     expect(planExit([item('existing')])).toBe(0)
     expect(planExit([item('existing'), item('unreachable')])).toBe(3)
     expect(planExit([item('unreachable')])).toBe(1)
+  })
+})
+
+describe('linkSpeeds in the config', () => {
+  it('takes tc rates per aggregate and as a default, and refuses anything else with its key path', () => {
+    const ok = configSchema.safeParse({
+      aggregates: {a: {linkSpeeds: {node: '200mbit', origin: '400mbit'}, nodes: ['n1']}},
+      defaults: {linkSpeeds: {bastion: '1gbit'}},
+    })
+    expect(ok.success).toBe(true)
+    const bad = configSchema.safeParse({aggregates: {a: {linkSpeeds: {node: '25MB/s'}, nodes: ['n1']}}})
+    expect(bad.success).toBe(false)
+    expect(bad.error?.issues[0]).toMatchObject({
+      message: 'expected a rate such as 200mbit or 1gbit',
+      path: ['aggregates', 'a', 'linkSpeeds', 'node'],
+    })
   })
 })
