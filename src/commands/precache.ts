@@ -7,8 +7,15 @@ import {resolveCacheSettings} from '../lib/config/settings.js'
 import {formatDuration} from '../lib/duration.js'
 import {UsageError} from '../lib/errors.js'
 import {ExitCode} from '../lib/exit-codes.js'
-import {resolveImages} from '../lib/images.js'
-import {findAggregate, selectNodes} from '../lib/nodes.js'
+import {type ResolvedImage, resolveImages} from '../lib/images.js'
+import {type Node} from '../lib/node/types.js'
+import {findAggregate, type NodeSpec, selectNodes} from '../lib/nodes.js'
+import {formatPlan, type PlanTotals, planTotals} from '../lib/plan/format.js'
+import {findInUse, type InUseImage, type MissingImage} from '../lib/plan/in-use.js'
+import {planExit, type PlannedItem} from '../lib/plan/items.js'
+import {planPrecache} from '../lib/plan/plan.js'
+import {type LinkSpeeds, mergeLinkSpeeds, type ModePlan, parseLinkSpeeds} from '../lib/plan/rules.js'
+import {type NodeScan, scanNodes} from '../lib/plan/scan.js'
 import {type ItemResult} from '../lib/populate.js'
 import {type NodeSummary, precache, type Via} from '../lib/precache.js'
 import {formatItems, itemsExit, type ItemTotals, totalsLine, totalsOf} from '../lib/report/items.js'
@@ -19,12 +26,28 @@ export interface PrecacheReport {
   aggregate: string
   durationMs: number
   images: Array<{id: string; name?: string; ref: string}>
+  /** --in-use: the images the aggregate's instances use, and those that cannot be cached. */
+  inUse?: {images: InUseImage[]; missing: MissingImage[]}
   items: ItemResult[]
   nodes: NodeSummary[]
   /** Relay: origin reads in this run (one per image). */
   originReads?: number
   totals: ItemTotals
   via: Via
+}
+
+/** --dry-run: the same report, its items planned rather than done, and the plan of every mode. */
+export interface PrecachePlanReport extends Omit<PrecacheReport, 'items' | 'nodes' | 'originReads' | 'totals'> {
+  dryRun: true
+  items: PlannedItem[]
+  plan: {
+    busiestNodeBytes: number
+    concurrency: number
+    linkSpeeds: LinkSpeeds
+    modes: ModePlan[]
+    unknownSizes: string[]
+  }
+  totals: PlanTotals
 }
 
 export default class Precache extends BaseCommand<typeof Precache> {
@@ -38,7 +61,11 @@ Images are resolved and validated once, before any node is touched: a missing im
 
 --via node (default): each node fetches from the image service itself with curl, as nova-compute does; the token reaches curl on its stdin. --via relay: imgcache reads each image from the image service once and streams it to every node over SSH, each at its own pace; a node that stops reading is cut off.
 
-Everything a single populate guarantees holds on every node: verified, inspected, converted, atomic, under the nova lock. Ctrl-C stops starting work, aborts transfers, removes temporaries, releases the locks and prints the partial report.`,
+Everything a single populate guarantees holds on every node: verified, inspected, converted, atomic, under the nova lock. Ctrl-C stops starting work, aborts transfers, removes temporaries, releases the locks and prints the partial report.
+
+--in-use: the images any instance of the aggregate uses (the image ids of its metadata, kernel and ramdisk included, and the bases its disks are backed by, as inspect finds them) are cached on every node of the aggregate that lacks them, so that any node can rebuild any instance after a host fails. Images the image service no longer has (or has deactivated) are named in a warning and in the JSON (inUse.missing); they do not fail the run.
+
+--dry-run: one scan per node (the scan inspect makes: no lock, no download, nothing written or touched), then the plan for every node and image: existing (present and sound: a run would touch it), would-cache, not-needed (the node's storage backend needs no cache), unreachable (a run would skip the node), would-fail (with the reason). Then, for each mode (node, relay, p2p), the bytes that would leave the image service (origin) and the operator's machine (bastion), and with --link-speeds (or the config's linkSpeeds) a lower bound on its wall time. The JSON is the run's report with planned statuses and a plan section. Its exit code is what a run would most likely end with: 0 when every pair would succeed, 3 when some would not (an unreachable node, a pair that would fail), 1 when none would.`,
   )
   static override examples = [
     {
@@ -52,6 +79,15 @@ Everything a single populate guarantees holds on every node: verified, inspected
     {
       command: '<%= config.bin %> <%= command.id %> --aggregate prod-web --json --deadline 2h',
       description: 'From automation: JSON report, bounded time.',
+    },
+    {
+      command:
+        '<%= config.bin %> <%= command.id %> --aggregate prod-web --dry-run --link-speeds origin=400mbit,bastion=1gbit,node=200mbit',
+      description: 'The plan before the roll-out: what each node lacks, and what each mode would move and take.',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> --aggregate prod-web --in-use',
+      description: "Ready for an evacuation: every image the aggregate's instances use, on every node.",
     },
   ]
   static override flags = {
@@ -69,6 +105,19 @@ Everything a single populate guarantees holds on every node: verified, inspected
     }),
     concurrency: Flags.integer({description: "Nodes worked on at once (default: the aggregate's, else 4).", min: 1}),
     deadline: durationFlag({description: 'Stop the whole run after this long (what finished stays cached).'}),
+    'dry-run': Flags.boolean({
+      description:
+        'Plan only: scan each node once (no lock, no download, nothing written or touched), say what would happen to every node and image, and what each mode (node, relay, p2p) would move and could at best take.',
+    }),
+    'in-use': Flags.boolean({
+      description:
+        "Cache the images the aggregate's instances use (by their metadata and their disks' bases) on every node that lacks them: ready for an evacuation. Images named as arguments are cached too.",
+    }),
+    'link-speeds': Flags.string({
+      dependsOn: ['dry-run'],
+      description:
+        "With --dry-run: the links' rates for each mode's bound, as origin=400mbit,bastion=1gbit,node=200mbit (default: the aggregate's linkSpeeds, then defaults.linkSpeeds).",
+    }),
     retries: Flags.integer({
       default: 2,
       description: 'Retries of a failed attempt, with exponential back-off.',
@@ -90,26 +139,82 @@ Everything a single populate guarantees holds on every node: verified, inspected
   static override summary =
     'Pre-cache images on every node of an aggregate, with live progress and a per-node, per-image report.'
 
-  async run(): Promise<PrecacheReport> {
+  async run(): Promise<PrecachePlanReport | PrecacheReport> {
+    const started = Date.now()
     const {config} = this.config_
     const aggregateName = this.flags.aggregate
     const aggregate = findAggregate(config, aggregateName)
-    const refs = this.positional.length > 0 ? this.positional : (aggregate.images ?? [])
-    if (refs.length === 0) {
+    const inUse = this.flags['in-use']
+    const refs = this.positional.length > 0 || inUse ? this.positional : (aggregate.images ?? [])
+    if (refs.length === 0 && !inUse) {
       throw new UsageError('NO_IMAGES', `no images to cache: none given, and aggregate ${aggregateName} lists none`, {
         field: `aggregates.${aggregateName}.images`,
         suggestions: ['Name the images on the command line, or list them under the aggregate in the config.'],
       })
     }
 
+    const speeds = mergeLinkSpeeds(
+      this.flags['link-speeds'] === undefined ? undefined : parseLinkSpeeds(this.flags['link-speeds']),
+      [
+        {field: `aggregates.${aggregateName}.linkSpeeds`, speeds: aggregate.linkSpeeds},
+        {field: 'defaults.linkSpeeds', speeds: config.defaults?.linkSpeeds},
+      ],
+    )
     const specs = selectNodes(config, {aggregate: aggregateName})
-    const images = await resolveImages(refs, {
-      config,
-      cwd: process.cwd(),
-      env: process.env,
-      flags: {checksum: this.flags.checksum, diskFormat: this.flags['disk-format'], imageId: this.flags['image-id']},
-    })
+    const named =
+      refs.length === 0
+        ? []
+        : await resolveImages(refs, {
+            config,
+            cwd: process.cwd(),
+            env: process.env,
+            flags: {
+              checksum: this.flags.checksum,
+              diskFormat: this.flags['disk-format'],
+              imageId: this.flags['image-id'],
+            },
+          })
     const via = (this.flags.via ?? config.defaults?.via ?? 'node') as Via
+    const concurrency = this.flags.concurrency ?? aggregate.concurrency ?? config.defaults?.concurrency ?? 4
+    const settingsFor = (node: Node, spec: NodeSpec) =>
+      resolveCacheSettings(node, config, spec.config, {
+        cacheDir: this.flags['cache-dir'],
+        instancesPath: this.flags['instances-path'],
+        novaConf: this.flags['nova-conf'],
+        novaConfigDir: this.flags['nova-config-dir'],
+      })
+    // One scan per node serves both the plan and --in-use.
+    const scans =
+      inUse || this.flags['dry-run']
+        ? await scanNodes(specs, config, settingsFor, {concurrency, signal: this.interrupt.signal})
+        : undefined
+    const found =
+      scans && inUse
+        ? await findInUse(scans, config.imageService, {
+            cwd: process.cwd(),
+            env: process.env,
+            signal: this.interrupt.signal,
+          })
+        : undefined
+    const images = [...named, ...(found?.images ?? []).filter((i) => !named.some((n) => n.record.id === i.record.id))]
+    const inUseReport = found ? {images: found.used, missing: found.missing} : undefined
+    if (scans && this.flags['dry-run'])
+      return this.reportPlan(scans, images, {concurrency, inUse: inUseReport, speeds, started, via})
+    if (images.length === 0) {
+      this.log(`No image to cache: no instance of aggregate ${aggregateName} uses one the image service has.`)
+      this.exitWith(ExitCode.Ok)
+      return {
+        aggregate: aggregateName,
+        durationMs: 0,
+        images: [],
+        inUse: inUseReport,
+        items: [],
+        nodes: [],
+        totals: totalsOf([]),
+        via,
+      }
+    }
+
     const kind = chooseRenderer({
       columns: process.stderr.columns,
       env: process.env,
@@ -124,37 +229,26 @@ Everything a single populate guarantees holds on every node: verified, inspected
     const labels = images.map((i) => ({id: i.record.id, label: i.record.name ?? i.ref}))
     const view = createView(kind, {nodes: specs.map((s) => ({images: labels, name: s.name}))}, {grouped: true})
     this.addTeardown(() => view.stop())
-    const result = await precache(
-      specs,
-      images,
-      config,
-      (node, spec) =>
-        resolveCacheSettings(node, config, spec.config, {
-          cacheDir: this.flags['cache-dir'],
-          instancesPath: this.flags['instances-path'],
-          novaConf: this.flags['nova-conf'],
-          novaConfigDir: this.flags['nova-config-dir'],
-        }),
-      {
-        allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
-        attemptTimeoutMs: (this.flags['attempt-timeout'] ?? 3600) * 1000,
-        concurrency: this.flags.concurrency ?? aggregate.concurrency ?? config.defaults?.concurrency ?? 4,
-        deadlineMs: this.flags.deadline === undefined ? undefined : this.flags.deadline * 1000,
-        force: this.flags.force,
-        lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
-        onEvent: (e) => view.onEvent(e),
-        retries: this.flags.retries,
-        signal: this.interrupt.signal,
-        spoolDir: this.flags['spool-dir'] ?? tmpdir(),
-        stallMs: (this.flags['stall-timeout'] ?? 60) * 1000,
-        via,
-      },
-    )
+    const result = await precache(specs, images, config, settingsFor, {
+      allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
+      attemptTimeoutMs: (this.flags['attempt-timeout'] ?? 3600) * 1000,
+      concurrency,
+      deadlineMs: this.flags.deadline === undefined ? undefined : this.flags.deadline * 1000,
+      force: this.flags.force,
+      lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
+      onEvent: (e) => view.onEvent(e),
+      retries: this.flags.retries,
+      signal: this.interrupt.signal,
+      spoolDir: this.flags['spool-dir'] ?? tmpdir(),
+      stallMs: (this.flags['stall-timeout'] ?? 60) * 1000,
+      via,
+    })
     await view.stop()
     const report: PrecacheReport = {
       aggregate: aggregateName,
       durationMs: result.durationMs,
       images: images.map((i) => ({id: i.record.id, name: i.record.name, ref: i.ref})),
+      inUse: inUseReport,
       items: result.items,
       nodes: result.nodes,
       originReads: result.originReads,
@@ -170,10 +264,48 @@ Everything a single populate guarantees holds on every node: verified, inspected
         const failed = result.items.filter((i) => i.image.id === image.id && i.status === 'error').length
         if (failed > 0) this.logToStderr(`warning: image ${image.name ?? image.ref} failed ${failed} time(s)`)
       }
+
+      for (const m of found?.missing ?? []) this.logToStderr(`warning: ${m.message} (used on ${m.nodes.join(', ')})`)
     }
 
     // Fleet contract: 0 all good, 3 partial, 1 nothing succeeded (whatever the reasons).
     this.exitWith(itemsExit(result.items, this.interrupt.signal.aborted, {nothingSucceeded: ExitCode.Failed}))
     return report
+  }
+
+  /** --dry-run: the plan as a run's report; exit codes as a real run would most likely end. */
+  private reportPlan(
+    scans: NodeScan[],
+    images: ResolvedImage[],
+    context: {concurrency: number; inUse?: PrecacheReport['inUse']; speeds: LinkSpeeds; started: number; via: Via},
+  ): PrecachePlanReport {
+    const plan = planPrecache(scans, images, {
+      concurrency: context.concurrency,
+      force: this.flags.force,
+      speeds: context.speeds,
+    })
+    if (!this.jsonEnabled()) {
+      this.log(
+        formatPlan(plan.items, plan.figures, {
+          concurrency: context.concurrency,
+          missing: context.inUse?.missing,
+          speeds: context.speeds,
+          via: context.via,
+        }),
+      )
+    }
+
+    this.exitWith(this.interrupt.signal.aborted ? ExitCode.Interrupted : planExit(plan.items))
+    return {
+      aggregate: this.flags.aggregate,
+      dryRun: true,
+      durationMs: Date.now() - context.started,
+      images: images.map((i) => ({id: i.record.id, name: i.record.name, ref: i.ref})),
+      inUse: context.inUse,
+      items: plan.items,
+      plan: {concurrency: context.concurrency, linkSpeeds: context.speeds, ...plan.figures},
+      totals: planTotals(plan.items),
+      via: context.via,
+    }
   }
 }

@@ -1,7 +1,6 @@
 import {execa, type ResultPromise} from 'execa'
 import got from 'got'
 import {mkdir, mkdtemp, open, readdir, readFile, rm, utimes, writeFile} from 'node:fs/promises'
-import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
@@ -21,6 +20,7 @@ import {type KeystoneHandle, startKeystone} from '../helpers/keystone.js'
 import {startNodes, type TestNode, type TestNodes} from '../helpers/nodes.js'
 import {osloSees} from '../helpers/oslo-lock.js'
 import {payload, sha256} from '../helpers/payload.js'
+import {deadPort} from '../helpers/ports.js'
 
 // bin/run.js precache over real sshd nodes on loopback, as an operator runs it from a bastion:
 // exit codes, the JSON report, the files on every node, the processes left (or not) on them. One
@@ -220,19 +220,6 @@ async function sshdLogins(): Promise<number[]> {
       return log.split('\n').filter((line) => line.includes('Accepted publickey')).length
     }),
   )
-}
-
-/** A port on 127.0.0.1 that nothing listens on. */
-async function deadPort(): Promise<number> {
-  const probe = createServer()
-  await new Promise<void>((resolve) => {
-    probe.listen(0, '127.0.0.1', resolve)
-  })
-  const {port} = probe.address() as {port: number}
-  await new Promise((resolve) => {
-    probe.close(resolve)
-  })
-  return port
 }
 
 async function glanceAnswers(): Promise<boolean> {

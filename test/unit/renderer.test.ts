@@ -34,6 +34,9 @@ describe('chooseRenderer', () => {
     ['a terminal of 0x0, one image', {columns: 0, rows: 0}, 'lines'],
     ['a terminal without a size at all', {columns: undefined, items: 3, rows: undefined}, 'lines'],
     ['a terminal 0 columns wide', {columns: 0, items: 3}, 'lines'],
+    // listr2 keeps a task per pair and redraws them all: a fleet taller than the terminal scrolls away.
+    ['a fleet that fits the terminal', {items: 39, multiNode: true}, 'listr'],
+    ['a fleet taller than the terminal (hundreds of nodes)', {items: 400, multiNode: true}, 'lines'],
   ])('%s → %s', (_name, change, expected) => {
     expect(chooseRenderer({...terminal, ...change})).toBe(expected)
   })

@@ -86,10 +86,21 @@ export const nodeSchema = z
   .strict()
   .refine((n) => !(n.host && n.local), {message: 'a node is either local or has a host, not both'})
 
+/** A link's rate in tc's bit units, for precache --dry-run's bounds (plan/rules.ts parseRate). */
+const rateSchema = z.string().regex(/^\s*\d+(?:\.\d+)?\s*(?:bit|kbit|mbit|gbit|tbit)\s*$/i, {
+  message: 'expected a rate such as 200mbit or 1gbit',
+})
+
+export const linkSpeedsSchema = z
+  .object({bastion: rateSchema.optional(), node: rateSchema.optional(), origin: rateSchema.optional()})
+  .strict()
+
 export const aggregateSchema = z
   .object({
     concurrency: z.number().int().min(1).optional(),
     images: z.array(z.string().min(1)).optional(),
+    /** The links of this aggregate's roll-outs (precache --dry-run's bounds). */
+    linkSpeeds: linkSpeedsSchema.optional(),
     nodes: z.array(z.string().min(1)).min(1),
     prune: spaceSettingsSchema.optional(),
   })
@@ -167,6 +178,7 @@ export const defaultsSchema = z
   .object({
     ...nodeCacheSettingsSchema.shape,
     concurrency: z.number().int().min(1).optional(),
+    linkSpeeds: linkSpeedsSchema.optional(),
     lockTimeout: durationSchema.optional(),
     ssh: sshSettingsSchema.optional(),
     via: z.enum(['node', 'relay']).optional(),

@@ -56,17 +56,23 @@ function sshError(node: SshNode, stderr: string, doing: string): ImgcacheError {
   )
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/**
+ * Wait `ms`, or less when `signal` aborts. The abort listener goes when the wait ends: a download
+ * polled every FETCH_POLL_MS for an hour would otherwise leave thousands on the attempt's signal
+ * (and Node's "possible EventTarget memory leak" warning on stderr).
+ */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms)
-    signal?.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer)
-        resolve()
-      },
-      {once: true},
-    )
+    const onAbort = () => {
+      clearTimeout(timer)
+      resolve()
+    }
+
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal?.addEventListener('abort', onAbort, {once: true})
   })
 }
 

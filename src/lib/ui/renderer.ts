@@ -21,7 +21,9 @@ export interface RendererInput {
  * --json/--quiet: nothing. A non-terminal stderr, CI, a dumb terminal or one that reports no size
  * (0x0: a redraw would wrap one character per line): log lines (one per state change, throttled
  * byte progress). One image on a terminal: a cli-progress bar. Several: listr2's
- * live renderer, which also needs stdout to be a terminal (otherwise log lines).
+ * live renderer, which also needs stdout to be a terminal (otherwise log lines), and a terminal
+ * taller than the work: listr2 holds a task per (node, image) pair and redraws every one, so a fleet
+ * of hundreds of nodes would cost memory per node and scroll out of sight; it gets log lines.
  */
 export function chooseRenderer(input: RendererInput): RendererKind {
   if (input.json || input.quiet) return 'silent'
@@ -29,5 +31,5 @@ export function chooseRenderer(input: RendererInput): RendererKind {
   const dumb = !input.stderrIsTTY || Boolean(input.env.CI) || input.env.TERM === 'dumb' || sizeless
   if (dumb) return 'lines'
   if (input.items <= 1 && !input.multiNode) return 'bar'
-  return input.stdoutIsTTY ? 'listr' : 'lines'
+  return input.stdoutIsTTY && input.items <= (input.rows ?? 0) ? 'listr' : 'lines'
 }
