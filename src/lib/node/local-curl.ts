@@ -2,6 +2,9 @@ import type {UrlFetch} from './types.js'
 
 import {ImgcacheError} from '../errors.js'
 
+/** How imgcache runs curl anywhere: quiet but for errors, an HTTP error is a failure, redirects followed over http(s) only. */
+export const CURL_COMMON = ['--silent', '--show-error', '--fail', '--location', '--proto', '=http,https']
+
 /**
  * curl as the local host's data mover (LocalNode.downloadInto), under `setpriv --pdeathsig KILL`:
  * a curl whose imgcache was killed (SIGKILL, OOM) dies with it instead of writing on into a `.part`
@@ -19,12 +22,7 @@ export function localCurlArgv(request: Pick<UrlFetch, 'stallSeconds'>): string[]
     '--',
     'curl',
     '--disable',
-    '--silent',
-    '--show-error',
-    '--fail',
-    '--location',
-    '--proto',
-    '=http,https',
+    ...CURL_COMMON,
     '--proto-redir',
     '=http,https',
     '--noproxy',
