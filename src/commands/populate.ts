@@ -24,7 +24,7 @@ export default class Populate extends BaseCommand<typeof Populate> {
     }),
   }
   static override description = withExitCodes(
-    `Fetches images into the cache of a node (default: this host), as nova-compute would before a boot: the bytes stream to <cache>/<sha1>.part while they are hashed and their format inspected in the same pass; the size, the hash, the format (it must match the declared disk_format and pass Nova's safety checks: no backing file, no data file, no unsafe VMDK, no QED, not several formats at once) and qemu-img's own reading are verified; the image is converted to raw when force_raw_images is on; then it is renamed into place, all under the nova-compute lock nova-<sha1>.
+    `Fetches images into the cache of a node (default: this host), as nova-compute would before a boot: the bytes land in <cache>/<sha1>.part (on this host curl writes them and imgcache hashes the file as it grows; a local file, a resumed download and an SSH node's copy stream through imgcache), and their format is inspected; the size, the hash, the format (it must match the declared disk_format and pass Nova's safety checks: no backing file, no data file, no unsafe VMDK, no QED, not several formats at once) and qemu-img's own reading are verified; the image is converted to raw when force_raw_images is on; then it is renamed into place, all under the nova-compute lock nova-<sha1>.
 
 An image already cached and sound is touched (its lifetime restarts) and reported existing. A .part left by a killed run is re-hashed and resumed with an HTTP Range request.
 

@@ -11,6 +11,7 @@ import type {PopulateReport} from '../../src/commands/populate.js'
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {overlayTemporary} from '../../src/lib/overlay.js'
 import {libvirtXml, sha1} from '../fixtures/nova-host.js'
+import {watchArgvs} from '../helpers/argv-watch.js'
 import {BIN, type CliResult, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
@@ -287,6 +288,37 @@ describe('imgcache populate', () => {
     expect(server.gets('/killed').at(-1)).toMatchObject({range: `bytes=${kept}-`, status: 206})
     expect((await readFile(host.final(id))).equals(content)).toBe(true)
     expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(id)])
+  })
+
+  it('the local download is curl writing the .part: the URL (its signed query) and the credentials reach curl on its stdin, never an argv', async () => {
+    const content = payload(17, 3 * MiB)
+    const password = 'argv-watch-password-5d1f'
+    const signature = 'argv-watch-signature-9c3e'
+    server.serve('/signed', {data: content, rate: 2 * MiB})
+    const url = new URL(server.url('/signed'))
+    url.username = 'demo'
+    url.password = password
+    url.search = `?sig=${signature}`
+    aliases.signed = {checksum: `sha256:${sha256(content)}`, diskFormat: 'raw', id: 'id-signed', url: url.toString()}
+    await writeConfig()
+    const host = instances('signed')
+    const basic = Buffer.from(`demo:${password}`).toString('base64')
+    const leaks = (text: string): string[] =>
+      [password, signature, basic].filter((secret) => text.includes(secret)).map((secret) => `"${secret}"`)
+    const child = spawnPopulate(host.root, ['signed'])
+    const {found, samples, seen} = await watchArgvs(child, leaks, {curl: /^curl .*--config - $/})
+    const result = await child
+    expect(found).toEqual([])
+    expect(samples).toBeGreaterThan(10)
+    expect([...seen]).toEqual(['curl'])
+    expect(result.exitCode).toBe(0)
+    expect(leaks(`${result.stdout}\n${result.stderr}`)).toEqual([])
+    // curl got them all: the query, the credentials, one request.
+    expect(server.gets('/signed')).toMatchObject([
+      {authorization: `Basic ${basic}`, query: `?sig=${signature}`, status: 200},
+    ])
+    expect((await readFile(host.final('id-signed'))).equals(content)).toBe(true)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1('id-signed')])
   })
 
   it('starts over, and still verifies, when the server ignores the Range request', async () => {

@@ -20,8 +20,12 @@ export interface ServedImage {
 }
 
 export interface ServedRequest {
+  /** The Authorization header the request carried. */
+  authorization?: string
   method: string
   path: string
+  /** The query string, `?` included ('' when none). */
+  query: string
   range?: string
   status: number
 }
@@ -74,9 +78,16 @@ export async function startImageServer(): Promise<ImageServer> {
   const requests: ServedRequest[] = []
   const server = http.createServer((req, res) => {
     res.on('error', () => {})
-    const path = new URL(req.url ?? '/', 'http://fixture.invalid').pathname
+    const {pathname: path, search: query} = new URL(req.url ?? '/', 'http://fixture.invalid')
     const image = images.get(path)
-    const record: ServedRequest = {method: req.method ?? 'GET', path, range: req.headers.range, status: 0}
+    const record: ServedRequest = {
+      authorization: req.headers.authorization,
+      method: req.method ?? 'GET',
+      path,
+      query,
+      range: req.headers.range,
+      status: 0,
+    }
     requests.push(record)
     const answer = (status: number, headers: Record<string, number | string>) => {
       record.status = status

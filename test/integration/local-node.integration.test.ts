@@ -1,5 +1,5 @@
 import {execa} from 'execa'
-import {mkdir, mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
@@ -7,9 +7,13 @@ import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 import {analyzeNode} from '../../src/lib/analysis.js'
 import {resolveCacheSettings} from '../../src/lib/config/settings.js'
 import {ImgcacheError} from '../../src/lib/errors.js'
+import {followDownload} from '../../src/lib/fetch/follow.js'
 import {LocalNode} from '../../src/lib/node/local.js'
 import {DAY, makeNovaHost, qemuImg, sha1} from '../fixtures/nova-host.js'
+import {sizeOf, until} from '../helpers/files.js'
+import {type ImageServer, startImageServer} from '../helpers/image-server.js'
 import {holdOsloLock, osloSees} from '../helpers/oslo-lock.js'
+import {payload, sha256} from '../helpers/payload.js'
 
 let root: string
 beforeAll(async () => {
@@ -165,5 +169,108 @@ describe("the local node's file operations", () => {
     expect(await readdir(root)).toContain('outside-target')
     await expect(node.remove(join(dir, 'sub'))).rejects.toThrow(/is a directory/)
     expect(await node.remove(join(dir, 'missing'))).toBe('missing')
+  })
+})
+
+/** An instances path with its cache dir, a local node working under it, and where a download's `.part` goes. */
+async function place(name: string) {
+  const instancesPath = join(root, name)
+  const cacheDir = join(instancesPath, '_base')
+  await mkdir(cacheDir, {recursive: true})
+  const node = new LocalNode()
+  node.useInstancesPath(instancesPath, [cacheDir])
+  return {cacheDir, node, part: join(cacheDir, 'image.part')}
+}
+
+describe('the local download: curl writes the .part the agent made, through its descriptor', () => {
+  const MiB = 1024 * 1024
+  let server: ImageServer
+  beforeAll(async () => {
+    server = await startImageServer()
+  })
+  afterAll(async () => {
+    await server?.close()
+  })
+
+  it('sends the headers byte for byte (quotes and backslashes in curl config syntax), writes every byte, and the follower hashes them', async () => {
+    const content = payload(21, 5 * MiB + 17)
+    server.serve('/plain', {data: content})
+    const {node, part} = await place('dl-plain')
+    const authorization = String.raw`Bearer a"b\c\"d`
+    try {
+      const download = await node.downloadInto({
+        dest: part,
+        headers: {authorization},
+        stallSeconds: 60,
+        url: `${server.url('/plain')}?q="x"`,
+      })
+      const seen: number[] = []
+      const followed = await followDownload(download, {
+        algorithm: 'sha256',
+        onBytes: (bytes) => seen.push(bytes),
+        syncEvery: MiB,
+      })
+      download.close()
+      expect(followed).toMatchObject({bytes: content.length, digest: sha256(content), exit: {exitCode: 0}})
+      expect(seen.at(-1)).toBe(content.length)
+      expect((await readFile(part)).equals(content)).toBe(true)
+      expect(server.gets('/plain')).toMatchObject([{authorization, query: '?q=%22x%22', status: 200}])
+    } finally {
+      await node.close()
+    }
+  })
+
+  it('refuses a link planted at the .part before curl starts, and leaves its target alone', async () => {
+    server.serve('/planted', {data: payload(22, MiB)})
+    const {node, part} = await place('dl-planted')
+    const target = join(root, 'dl-planted-target')
+    await writeFile(target, 'precious')
+    await symlink(target, part)
+    try {
+      await expect(
+        node.downloadInto({dest: part, headers: {}, stallSeconds: 60, url: server.url('/planted')}),
+      ).rejects.toMatchObject({code: 'UNSAFE_PATH'})
+      expect(await readFile(target, 'utf8')).toBe('precious')
+      expect(server.gets('/planted')).toEqual([])
+    } finally {
+      await node.close()
+    }
+  })
+
+  it('curl dies with the imgcache that started it (SIGKILL): it does not write on into the .part', async () => {
+    server.serve('/orphan', {data: payload(23, 8 * MiB), rate: MiB})
+    const {part} = await place('dl-orphan')
+    const local = new URL('../../src/lib/node/local.js', import.meta.url).pathname.replace(/\.js$/, '.ts')
+    const script = `
+      const {LocalNode} = await import(${JSON.stringify(local)})
+      const node = new LocalNode()
+      node.useInstancesPath(${JSON.stringify(join(root, 'dl-orphan'))}, [])
+      await node.downloadInto({dest: ${JSON.stringify(part)}, headers: {}, stallSeconds: 60, url: ${JSON.stringify(server.url('/orphan'))}})
+      setInterval(() => {}, 1000)
+    `
+    const child = execa(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {reject: false})
+    const curls = async () => {
+      const pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p))
+      const found: string[] = []
+      for (const pid of pids) {
+        const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+        const parent = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+        if (argv.startsWith('curl\0') && parent.split(') ')[1]?.split(' ')[1] === String(child.pid)) found.push(pid)
+      }
+
+      return found
+    }
+
+    await until('curl to write the .part', async () => (await sizeOf(part)) > 0)
+    const [curl] = await curls()
+    expect(curl).toBeDefined()
+    child.kill('SIGKILL')
+    await child
+    await until(
+      'curl to end',
+      async () => (await readFile(`/proc/${curl}/stat`, 'utf8').catch(() => 'gone')) === 'gone',
+    )
+    const size = await sizeOf(part)
+    expect(size).toBeLessThan(8 * MiB)
   })
 })

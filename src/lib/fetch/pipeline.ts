@@ -21,7 +21,7 @@ import {checkQemuAgrees, parseQemuInfo, qemuConvertArgv, qemuError, qemuInfoArgv
 import {type Sidecar} from '../sidecar.js'
 import {assertSameFormat, checkExisting} from './existing.js'
 import {ensureSpace} from './space.js'
-import {streamTransfer, type Transfer} from './transfer.js'
+import {curlTransfer, streamTransfer, type Transfer} from './transfer.js'
 
 export interface FetchOptions {
   /** Fetch an image whose source declares no checksum (otherwise refused before any byte moves). */
@@ -185,11 +185,11 @@ async function fetchLocked(
 ): Promise<Omit<FetchResult, 'durationMs' | 'image' | 'node' | 'path' | 'status'>> {
   const {image, node, settings} = target
   const label = image.name ? `${image.name} (${image.id})` : image.id
-  const transfer =
-    options.transfer ??
-    streamTransfer(
-      options.open ?? ((offset: number, signal?: AbortSignal) => target.source.open(image, {offset, signal})),
-    )
+  const streamed = streamTransfer(
+    options.open ?? ((offset: number, signal?: AbortSignal) => target.source.open(image, {offset, signal})),
+  )
+  // A caller's own opener is streamed; otherwise curl moves the bytes where it can (curlTransfer).
+  const transfer = options.transfer ?? (options.open ? streamed : curlTransfer(target.source, streamed))
   const moved = await transfer({
     expected,
     fresh: options.force,

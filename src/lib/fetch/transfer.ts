@@ -4,11 +4,13 @@ import {pipeline} from 'node:stream/promises'
 import type {CacheSettings} from '../config/settings.js'
 import type {InspectionResult} from '../formats/index.js'
 import type {ExpectedHash, ImageRecord, ImageSource, OpenedImage} from '../image-source/types.js'
-import type {Node} from '../node/types.js'
+import type {DownloadExit, EntryStat, Node} from '../node/types.js'
 import type {Spool} from './spool.js'
 
 import {describeError, ImgcacheError} from '../errors.js'
 import {FormatInspector, inspectSource} from '../formats/index.js'
+import {WRITEBACK_BYTES} from '../node/writeback.js'
+import {followDownload, readAt} from './follow.js'
 import {VerifyingTap} from './tap.js'
 
 /** What a transfer needs to know: where the `.part` is, what to expect, how to report progress. */
@@ -58,7 +60,7 @@ export function streamTransfer(open: (offset: number, signal?: AbortSignal) => P
     let resumeFrom = 0
     try {
       const partial = input.fresh ? undefined : await node.stat(part)
-      if (partial?.type === 'file' && partial.size > 0 && (image.size === undefined || partial.size <= image.size)) {
+      if (resumable(partial, image)) {
         input.onBytes(0, 'resuming')
         for await (const chunk of await node.openRead(part)) {
           await tap.absorb(chunk as Buffer)
@@ -115,6 +117,116 @@ export function streamTransfer(open: (offset: number, signal?: AbortSignal) => P
   }
 }
 
+/** A `.part` found on the node that a transfer continues rather than starts over. */
+function resumable(partial: EntryStat | undefined, image: ImageRecord): partial is EntryStat {
+  return partial?.type === 'file' && partial.size > 0 && (image.size === undefined || partial.size <= image.size)
+}
+
+/** A stall of the image service longer than this ends the download (as the HTTP client's idle timeout). */
+const STALL_SECONDS = 60
+
+/**
+ * The local host's data mover: curl writes the `.part` (Node.downloadInto: the file the agent made
+ * as the owner, through its descriptor) and imgcache follows the file as it grows, hashing it on a
+ * worker thread, pushing it to disk every 64 MiB, then inspecting its header regions: the bytes never
+ * pass through Node's HTTP client and streams, which cost about twice what curl does for them.
+ *
+ * `fallback` (the bytes streamed through imgcache) serves what curl cannot:
+ * - a `.part` to resume: a server that ignores the Range request answers with the whole image, which
+ *   must land at offset 0 of a file that already holds bytes; the stream decides where each byte
+ *   goes after it has seen the answer, in the same one request;
+ * - a source without a URL (a local file);
+ * - a request curl could not complete before the first byte (HTTP error status, a token to renew,
+ *   TLS with imageService.caFile or insecure, no connection, no curl or setpriv on the host): the
+ *   empty `.part` is removed and the stream repeats the request, so that such failures are worded
+ *   and handled as they always were.
+ */
+export function curlTransfer(source: ImageSource, fallback: Transfer): Transfer {
+  return async (input) => {
+    const {image, node, part} = input
+    if (!node.downloadInto) return fallback(input)
+    if (resumable(input.fresh ? undefined : await node.stat(part), image)) return fallback(input)
+    const request = await source.downloadRequest(image).catch(() => undefined)
+    if (!request || !/^https?:\/\//i.test(request.url)) return fallback(input)
+
+    const download = await node.downloadInto({
+      dest: part,
+      headers: request.headers,
+      stallSeconds: STALL_SECONDS,
+      url: request.url,
+    })
+    try {
+      const followed = await followDownload(download, {
+        algorithm: input.expected?.algorithm,
+        onBytes: (bytes) => input.onBytes(bytes, 'downloading'),
+        signal: input.signal,
+        syncEvery: WRITEBACK_BYTES,
+      }).catch((error: unknown) => {
+        throw transferError(error, input)
+      })
+      const {exit} = followed
+      if (exit.exitCode !== 0) {
+        if (input.signal?.aborted) throw input.signal.reason
+        if (followed.bytes === 0 && exit.exitCode !== CURL_WRITE_ERROR) {
+          download.close()
+          await node.remove(part)
+          return await fallback(input)
+        }
+
+        throw transferError(await curlFailure(exit, input, source), input)
+      }
+
+      const inspection = await inspectSource(
+        async (offset, length) => readAt(download.fd, offset, length),
+        followed.bytes,
+        {vmdkAllowedTypes: input.settings.vmdkAllowedTypes},
+      )
+      return {bytes: followed.bytes, digest: followed.digest, downloaded: followed.bytes, inspection}
+    } finally {
+      download.close()
+    }
+  }
+}
+
+/** curl(1): "Write error. Curl could not write data to a local filesystem or similar." */
+const CURL_WRITE_ERROR = 23
+/** curl(1): "Operation timeout" (here: --speed-limit/--speed-time, a stalled transfer). */
+const CURL_TIMEOUT = 28
+
+/** A local curl that failed after bytes arrived, worded as the streamed download words the same failure. */
+async function curlFailure(exit: DownloadExit, input: TransferInput, source: ImageSource): Promise<unknown> {
+  const said =
+    exit.stderr
+      .trim()
+      .split('\n')
+      .at(-1)
+      ?.replace(/^curl: \(\d+\)\s*/, '') ?? ''
+  const curl = said ? `curl: ${said}` : exit.signal ? `curl ended by ${exit.signal}` : `curl status ${exit.exitCode}`
+  const service = source.description
+  const retry = ['Try again; a partial download is resumed.']
+  if (exit.exitCode === CURL_WRITE_ERROR) {
+    // curl does not say why the write failed; a full file system is what makes a write into an
+    // open regular file fail (transferError words it as for the stream).
+    const {available} = await input.node.statfs(input.settings.cacheDir)
+    return Object.assign(new Error(`cannot write ${input.part} (${curl})`), {
+      code: available < 1024 * 1024 ? 'ENOSPC' : 'EIO',
+    })
+  }
+
+  if (exit.exitCode === CURL_TIMEOUT) {
+    return new ImgcacheError('IMAGE_SERVICE_TIMEOUT', `${service} timed out waiting for data (${curl}).`, {
+      image: input.image.id,
+      suggestions: retry,
+    })
+  }
+
+  // 18 (partial file), 52 (empty reply), 56 (receive failure), 92 (HTTP/2 stream), a signal.
+  return new ImgcacheError('IMAGE_TRANSFER_FAILED', `The transfer from ${service} ended early (${curl}).`, {
+    image: input.image.id,
+    suggestions: retry,
+  })
+}
+
 /**
  * The node fetches from the image service itself with curl, as nova-compute does: the operator's
  * bandwidth is not used. The token reaches curl on its stdin. The `.part` is then hashed and
@@ -126,10 +238,7 @@ export function nodeFetchTransfer(source: ImageSource): Transfer {
     if (!node.fetchUrl) throw new ImgcacheError('BUG', `node ${node.name} cannot fetch URLs itself`)
     const request = await source.downloadRequest(image)
     const partial = input.fresh ? undefined : await node.stat(part)
-    let resumeFrom =
-      partial?.type === 'file' && partial.size > 0 && (image.size === undefined || partial.size <= image.size)
-        ? partial.size
-        : 0
+    let resumeFrom = resumable(partial, image) ? partial.size : 0
     if (resumeFrom === 0 && partial) await node.remove(part)
     const fetch = (from: number) =>
       node.fetchUrl!(

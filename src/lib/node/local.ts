@@ -1,6 +1,7 @@
 import type {execa as Execa} from 'execa'
 import type {Readable} from 'node:stream'
 
+import {spawn} from 'node:child_process'
 import {createHash} from 'node:crypto'
 import {closeSync, constants, createReadStream, createWriteStream, existsSync, fstatSync, openSync} from 'node:fs'
 import {lutimes, open, readFile, stat} from 'node:fs/promises'
@@ -11,7 +12,9 @@ import type {
   CacheScan,
   ConfigRead,
   ConfigReadRequest,
+  DownloadExit,
   EntryStat,
+  FileDownload,
   FsUsage,
   InstancesRoot,
   LockHandle,
@@ -25,6 +28,7 @@ import type {
   RunOptions,
   RunResult,
   ScanRequest,
+  UrlFetch,
   WriteFileOptions,
 } from './types.js'
 
@@ -32,12 +36,11 @@ import {errnoCode, fromErrno, ImgcacheError, RemoteCommandError, unsafePath} fro
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {loadExeca} from './execa-lazy.js'
+import {localCurlArgv, localCurlConfig} from './local-curl.js'
 import {fsUsage, scanLocal, statEntry} from './local-scan.js'
 import {readConfigLocal} from './read-config.js'
-import {writebackFs} from './writeback.js'
+import {WRITEBACK_BYTES, writebackFs} from './writeback.js'
 
-/** Bytes written to a file between two background fdatasyncs (see writebackFs). */
-const WRITEBACK_BYTES = 64 * 1024 * 1024
 /** Programs run with a fixed locale so their messages can be parsed (as Nova does for qemu-img). */
 const FIXED_LOCALE = {LANG: 'C', LC_ALL: 'C'}
 
@@ -74,6 +77,64 @@ export class LocalNode implements Node {
     return hash.digest('hex')
   }
 
+  async downloadInto(request: UrlFetch): Promise<FileDownload> {
+    if (request.resumeFrom) throw new ImgcacheError('BUG', 'downloadInto makes a new file; resume streams instead')
+    const config = localCurlConfig(request)
+    // As openWrite: the agent makes the file as the owner (O_EXCL, O_NOFOLLOW), this process opens
+    // it without following a link and checks the inode. curl gets that descriptor as its stdout, so
+    // it writes into the very file the agent made and opens no name itself.
+    const made = await this.request<{dev: number; ino: number}>(
+      'create',
+      {append: false, path: request.dest},
+      'cannot write',
+      request.dest,
+    )
+    const fd = this.openMade(request.dest, made, constants.O_RDWR)
+    const owner = await this.owner().catch((error: unknown) => {
+      closeSync(fd)
+      throw error
+    })
+    // curl needs no privilege: it runs as the owner when imgcache is root (as on SSH nodes). Its own
+    // process group: a terminal's Ctrl-C reaches imgcache, which stops it and cleans up.
+    const drop = owner && owner.euid === 0 && owner.uid !== 0 ? {gid: owner.gid, uid: owner.uid} : {}
+    const [program, ...args] = localCurlArgv(request)
+    const child = spawn(program!, args, {
+      ...drop,
+      detached: true,
+      env: {...process.env, ...FIXED_LOCALE},
+      stdio: ['pipe', fd, 'pipe'],
+    })
+    const {stderr: errors, stdin} = child
+    if (!errors || !stdin) throw new ImgcacheError('BUG', 'curl was started without pipes')
+    let stderr = ''
+    errors.setEncoding('utf8')
+    errors.on('data', (text: string) => {
+      stderr = (stderr + text).slice(-8192)
+    })
+    // The secrets travel here, never in the argv.
+    stdin.on('error', () => undefined)
+    stdin.end(config)
+    const exited = new Promise<DownloadExit>((resolve) => {
+      // A missing setpriv or curl: as the shell's status for a program not found.
+      child.once('error', (error) => resolve({exitCode: 127, signal: null, stderr: error.message}))
+      child.once('close', (exitCode, signal) => resolve({exitCode, signal, stderr}))
+    })
+    let closed = false
+    return {
+      close() {
+        if (closed) return
+        closed = true
+        closeSync(fd)
+      },
+      exited,
+      fd,
+      async stop() {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+        await exited
+      },
+    }
+  }
+
   async lock(path: string, options: LockOptions): Promise<LockHandle> {
     const agent = await this.owned()
     return agent.lock(path, options)
@@ -102,7 +163,7 @@ export class LocalNode implements Node {
       'cannot write',
       path,
     )
-    const fd = this.openMade(path, made, options.append === true)
+    const fd = this.openMade(path, made, constants.O_WRONLY | (options.append === true ? constants.O_APPEND : 0))
     // `flush`: the stream fsyncs the file before it closes, so "closed" means "on disk". `fs`:
     // the data goes to disk during the write (background fdatasync), not all at the final fsync.
     const stream = createWriteStream('', {
@@ -275,14 +336,11 @@ export class LocalNode implements Node {
     await this.request('write_atomic', {data: Buffer.from(data).toString('base64'), mode, path}, 'cannot write', path)
   }
 
-  /** Open what the agent made at `path` for writing: no link followed, and the same inode, or refused. */
-  private openMade(path: string, made: {dev: number; ino: number}, append: boolean): number {
+  /** Open what the agent made at `path` (`flags`: how): no link followed, and the same inode, or refused. */
+  private openMade(path: string, made: {dev: number; ino: number}, flags: number): number {
     let fd: number
     try {
-      fd = openSync(
-        path,
-        constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | (append ? constants.O_APPEND : 0),
-      )
+      fd = openSync(path, flags | constants.O_NOFOLLOW | constants.O_NONBLOCK)
     } catch (error) {
       if (errnoCode(error) === 'ELOOP') throw unsafePath(path, 'is a symbolic link', this.name)
       throw fromErrno(error, 'cannot write', path, {node: this.name})

@@ -30,6 +30,7 @@ import {ImgcacheError, RemoteCommandError, unsafePath} from '../errors.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
+import {CURL_COMMON} from './local-curl.js'
 import {RUN_AS_PY, WRITER_PY, WRITER_UNSAFE_STATUS} from './owner-py.js'
 import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
 
@@ -80,12 +81,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 export function curlArgv(request: UrlFetch): string[] {
   return [
     'curl',
-    '--silent',
-    '--show-error',
-    '--fail',
-    '--location',
-    '--proto',
-    '=http,https',
+    ...CURL_COMMON,
     '--header',
     '@-',
     '--speed-limit',

@@ -188,7 +188,13 @@ export interface Node {
   /** Digest of a file, computed where the file is. */
   digest(path: string, algorithm: string, options?: {signal?: AbortSignal}): Promise<string>
   /**
-   * Fetch a URL on the node itself (SSH nodes; the local host streams through imgcache instead).
+   * Start curl fetching a URL into a new `.part` on this machine (LocalNode): the file is made by the
+   * agent as the instances path's owner and opened here without following a link; curl writes
+   * through that descriptor, which the caller reads as the file grows (fetch/follow.ts).
+   */
+  downloadInto?(request: UrlFetch): Promise<FileDownload>
+  /**
+   * Fetch a URL on the node itself (SSH nodes; the local host has downloadInto, which imgcache follows).
    * Reports the bytes in `dest` as they grow. The download dies with the connection.
    */
   fetchUrl?(request: UrlFetch, options: {onBytes?: (bytes: number) => void; signal?: AbortSignal}): Promise<void>
@@ -263,6 +269,25 @@ export interface UrlFetch {
   /** Abort when fewer than 1 byte/s arrive for this many seconds. */
   stallSeconds: number
   url: string
+}
+
+/** curl writing a `.part` on this machine (Node.downloadInto). */
+export interface FileDownload {
+  /** Close the descriptor; after `exited`, once the file has been read. */
+  close(): void
+  /** curl's end: its exit status (null when a signal ended it) and the tail of its stderr. */
+  readonly exited: Promise<DownloadExit>
+  /** The `.part`, read-write, the very inode the agent made: curl's stdout, and what the caller reads. */
+  readonly fd: number
+  /** Stop curl (an interrupted or failed run); resolves once it has exited. */
+  stop(): Promise<void>
+}
+
+export interface DownloadExit {
+  exitCode: null | number
+  signal: null | string
+  /** The end of curl's stderr (its error message). */
+  stderr: string
 }
 
 export interface NodeFileSink {

@@ -9,6 +9,9 @@ export interface WriteStreamFs {
   writev: typeof fs.writev
 }
 
+/** Bytes written to a file between two background fdatasyncs (openWrite's streams, a followed curl download). */
+export const WRITEBACK_BYTES = 64 * 1024 * 1024
+
 type Base = Pick<typeof fs, 'close' | 'fdatasync' | 'fsync' | 'open' | 'write' | 'writev'>
 
 /**
