@@ -409,7 +409,7 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
     `target < ${TARGET_WALL_MS / 1000} s: ${verdict(f.targets.wallSeconds.pass)}`,
   )
   line(
-    'standalone: start-up (--version) / its node -e 0',
+    'standalone --version / its node -e 0',
     times(f.ratios.standaloneStartupPerNodeStartup),
     `target ≤ ${TARGET_STANDALONE_STARTUP_RATIO}×: ${verdict(f.targets.standaloneStartupRatio.pass)}`,
   )
