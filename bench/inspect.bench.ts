@@ -3,6 +3,10 @@
  * uses: `qemu-img info` on every instance disk. Everything is measured in this run, on the same
  * files with a warm page cache; the figures are ratios, never absolute limits. The run fails only
  * if imgcache and qemu-img disagree on a disk's backing file.
+ *
+ * Both builds are measured, alternating run by run: the npm one (bin/run.js on this machine's Node)
+ * and the standalone one (`npm run package`'s tree: its launcher and its own Node.js, with Node's
+ * compile cache warmed by one run first, as every run after an operator's first one finds it).
  */
 import {rmSync} from 'node:fs'
 import {mkdtemp, rm} from 'node:fs/promises'
@@ -18,14 +22,30 @@ import {resolveCacheSettings} from '../src/lib/config/settings.js'
 import {buildInspectResult, type InspectResult} from '../src/lib/inspect.js'
 import {LocalNode} from '../src/lib/node/local.js'
 import {ensureBuilt} from './lib/build.js'
-import {mapLimit, medianOf, mustRun, REPO_ROOT, runProcess, seconds, timed, times, writeFigures} from './lib/measure.js'
+import {
+  mapLimit,
+  median,
+  medianOf,
+  mustRun,
+  REPO_ROOT,
+  runProcess,
+  seconds,
+  timed,
+  times,
+  writeFigures,
+} from './lib/measure.js'
+import {ensureStandalone, type Standalone} from './lib/standalone.js'
 import {makeSyntheticHost, type SyntheticHost} from './lib/synthetic-host.js'
 
 const SPEC = {bases: 300, instances: 2000, usedBases: 270}
 const TARGET_RATIO = 100
 const TARGET_WALL_MS = 1000
-/** imgcache's start-up (Node + oclif + its plugins, `--version`) against Node's own (`node -e 0`). */
+/** The standalone build's inspect of this host (issue 15). */
+const TARGET_STANDALONE_WALL_MS = 500
+/** imgcache's start-up (Node + oclif + its plugins, `--version`) against Node's own (`node -e 0`), npm build (issue 13). */
 const TARGET_STARTUP_RATIO = 2.5
+/** The same with the standalone build, against its own Node (issue 15). */
+const TARGET_STANDALONE_STARTUP_RATIO = 3
 const BIN = join(REPO_ROOT, 'bin', 'run.js')
 /** As Nova runs it (LC_ALL=C), and as an installed CLI runs (no imgcache settings from the environment). */
 const QEMU_ENV = {...process.env, LANG: 'C', LC_ALL: 'C'}
@@ -93,7 +113,6 @@ async function qemuBaseline(disks: string[], concurrency: number) {
 
 function cliArgs(host: SyntheticHost): string[] {
   return [
-    BIN,
     'inspect',
     '--instances-path',
     host.instancesPath,
@@ -107,11 +126,41 @@ function cliArgs(host: SyntheticHost): string[] {
   ]
 }
 
-async function cliInspect(host: SyntheticHost) {
-  return medianOf(3, async () => {
-    const {stdout} = await mustRun(process.execPath, cliArgs(host), {env: CLI_ENV})
-    return JSON.parse(stdout) as InspectReport
-  })
+/**
+ * Each named run `rounds` times, one of each per round, the order of the round turned each time (a
+ * drift in the machine's load falls on all of them); the median wall time of each.
+ */
+async function alternating<K extends string>(
+  rounds: number,
+  runs: Record<K, () => Promise<unknown>>,
+): Promise<Record<K, {ms: number; runsMs: number[]}>> {
+  const names = Object.keys(runs) as K[]
+  const times = new Map<K, number[]>(names.map((n) => [n, []]))
+  for (let round = 0; round < rounds; round++) {
+    for (const name of round % 2 === 0 ? names : [...names].reverse()) {
+      const run = await timed(runs[name])
+      times.get(name)!.push(run.ms)
+    }
+  }
+
+  return Object.fromEntries(names.map((n) => [n, {ms: median(times.get(n)!), runsMs: times.get(n)!}])) as Record<
+    K,
+    {ms: number; runsMs: number[]}
+  >
+}
+
+/** The two builds' inspect of the host, alternating; the npm build's JSON for the checks. */
+async function cliInspect(host: SyntheticHost, standalone: Standalone, env: NodeJS.ProcessEnv) {
+  let report: InspectReport | undefined
+  const npm = async () => {
+    const {stdout} = await mustRun(process.execPath, [BIN, ...cliArgs(host)], {env: CLI_ENV})
+    report = JSON.parse(stdout) as InspectReport
+  }
+
+  const packaged = async () => mustRun(standalone.launcher, cliArgs(host), {env})
+  await packaged() // writes the compile cache
+  const runs = await alternating(3, {npm, standalone: packaged})
+  return {...runs, value: report!}
 }
 
 /** The scan and the report without Node's or oclif's start-up: analyzeNode + buildInspectResult. */
@@ -132,8 +181,15 @@ async function inProcessInspect(host: SyntheticHost) {
   return {...run, stringifyMs}
 }
 
-async function startup(args: string[], runs: number, env?: NodeJS.ProcessEnv): Promise<number> {
-  return (await medianOf(runs, async () => mustRun(process.execPath, args, {env}))).ms
+/** `node -e 0` and `--version` of both builds, each against its own Node. */
+async function startups(standalone: Standalone, env: NodeJS.ProcessEnv) {
+  await mustRun(standalone.launcher, ['--version'], {env}) // writes the compile cache
+  return alternating(5, {
+    node: async () => mustRun(process.execPath, ['-e', '0']),
+    standaloneNode: async () => mustRun(standalone.node, ['-e', '0']),
+    standaloneVersion: async () => mustRun(standalone.launcher, ['--version'], {env}),
+    version: async () => mustRun(process.execPath, [BIN, '--version'], {env: CLI_ENV}),
+  })
 }
 
 /** The directory an instance label names (`<dir>` or `<dir> (<domain name>)`). */
@@ -207,24 +263,35 @@ function line(label: string, value: string, note = ''): void {
   console.log(`  ${label.padEnd(46)} ${value.padStart(10)}  ${note}`.trimEnd())
 }
 
-async function measure(host: SyntheticHost) {
-  const nodeMs = await startup(['-e', '0'], 5)
-  const oclifMs = await startup([BIN, '--version'], 3, CLI_ENV)
+async function measure(host: SyntheticHost, standalone: Standalone, compileCache: string) {
+  // The standalone's compile cache in the run's own directory, written by a first run of each.
+  const env = {...CLI_ENV, IMGCACHE_COMPILE_CACHE: compileCache}
+  const start = await startups(standalone, env)
+  const nodeMs = start.node.ms
+  const oclifMs = start.version.ms
   const sequential = await qemuBaseline(host.disks, 1)
   const concurrent = await qemuBaseline(host.disks, 4)
   const novaSpawn = await novaSpawnBaseline(host.disks)
-  const cli = await cliInspect(host)
+  const inspects = await cliInspect(host, standalone, env)
+  const cli = {...inspects.npm, value: inspects.value}
   const inProcess = await inProcessInspect(host)
   const json = cli.value.nodes[0]
   if (!json) throw new Error(`imgcache inspect reported no node: ${JSON.stringify(cli.value.failures)}`)
   const agreement = checkAgreement(host, sequential.info, json, inProcess.value.usage)
-  return {agreement, cli, concurrent, inProcess, json, nodeMs, novaSpawn, oclifMs, sequential}
+  const packaged = {
+    inspect: inspects.standalone,
+    nodeMs: start.standaloneNode.ms,
+    nodeVersion: standalone.nodeVersion,
+    versionMs: start.standaloneVersion.ms,
+  }
+  return {agreement, cli, concurrent, inProcess, json, nodeMs, novaSpawn, oclifMs, packaged, sequential}
 }
 
 type Measured = Awaited<ReturnType<typeof measure>>
 
 function figuresOf(host: SyntheticHost, m: Measured) {
   const ratio = m.sequential.ms / m.cli.ms
+  const standaloneStartupRatio = m.packaged.versionMs / m.packaged.nodeMs
   return {
     agreement: {
       disksCompared: m.agreement.disksCompared,
@@ -246,6 +313,8 @@ function figuresOf(host: SyntheticHost, m: Measured) {
       concurrentPerImgcache: m.concurrent.ms / m.cli.ms,
       imgcachePerNodeStartup: m.cli.ms / m.nodeMs,
       novaSpawnPerImgcache: m.novaSpawn ? m.novaSpawn.ms / m.cli.ms : undefined,
+      standaloneInspectPerNodeStartup: m.packaged.inspect.ms / m.packaged.nodeMs,
+      standaloneStartupPerNodeStartup: standaloneStartupRatio,
       startupPerNodeStartup: m.oclifMs / m.nodeMs,
     },
     seconds: {
@@ -259,10 +328,23 @@ function figuresOf(host: SyntheticHost, m: Measured) {
       qemuImgInfo4Concurrent: m.concurrent.ms / 1000,
       qemuImgInfoSequential: m.sequential.ms / 1000,
       qemuImgInfoSequentialAsNovaSpawnsIt: m.novaSpawn ? m.novaSpawn.ms / 1000 : undefined,
+      standaloneInspect: m.packaged.inspect.ms / 1000,
+      standaloneInspectRuns: m.packaged.inspect.runsMs.map((ms) => ms / 1000),
+      standaloneNodeStartup: m.packaged.nodeMs / 1000,
+      standaloneStartup: m.packaged.versionMs / 1000,
     },
+    standaloneNode: m.packaged.nodeVersion,
     targets: {
       ratio: {pass: ratio >= TARGET_RATIO, target: TARGET_RATIO},
       startupRatio: {pass: m.oclifMs / m.nodeMs <= TARGET_STARTUP_RATIO, target: TARGET_STARTUP_RATIO},
+      standaloneStartupRatio: {
+        pass: standaloneStartupRatio <= TARGET_STANDALONE_STARTUP_RATIO,
+        target: TARGET_STANDALONE_STARTUP_RATIO,
+      },
+      standaloneWallSeconds: {
+        pass: m.packaged.inspect.ms <= TARGET_STANDALONE_WALL_MS,
+        target: TARGET_STANDALONE_WALL_MS / 1000,
+      },
       wallSeconds: {pass: m.cli.ms < TARGET_WALL_MS, target: TARGET_WALL_MS / 1000},
     },
   }
@@ -297,8 +379,15 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
     `runs ${m.inProcess.runsMs.map((ms) => seconds(ms)).join(', ')}`,
   )
   line('  JSON.stringify of the result', seconds(m.inProcess.stringifyMs))
-  line('  bin/run.js --version (Node + oclif start-up)', seconds(m.oclifMs))
-  line('  node -e 0 (Node start-up)', seconds(m.nodeMs))
+  line('  bin/run.js --version (Node + oclif start-up)', seconds(m.oclifMs), 'median of 5, alternating')
+  line(`  node -e 0 (Node ${process.version} start-up)`, seconds(m.nodeMs))
+  line(
+    'standalone inspect --json (median of 3)',
+    seconds(m.packaged.inspect.ms),
+    `runs ${m.packaged.inspect.runsMs.map((ms) => seconds(ms)).join(', ')}`,
+  )
+  line('  standalone --version', seconds(m.packaged.versionMs), 'its launcher, compile cache warm')
+  line(`  its node -e 0 (Node ${m.packaged.nodeVersion})`, seconds(m.packaged.nodeMs))
   line(
     'ratio baseline / imgcache',
     times(f.ratios.baselinePerImgcache),
@@ -320,6 +409,16 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
     `target < ${TARGET_WALL_MS / 1000} s: ${verdict(f.targets.wallSeconds.pass)}`,
   )
   line(
+    'standalone --version / its node -e 0',
+    times(f.ratios.standaloneStartupPerNodeStartup),
+    `target ≤ ${TARGET_STANDALONE_STARTUP_RATIO}×: ${verdict(f.targets.standaloneStartupRatio.pass)}`,
+  )
+  line(
+    'standalone: inspect wall time',
+    seconds(m.packaged.inspect.ms),
+    `target ≤ ${TARGET_STANDALONE_WALL_MS / 1000} s: ${verdict(f.targets.standaloneWallSeconds.pass)}`,
+  )
+  line(
     'backing files: imgcache vs qemu-img',
     `${f.agreement.mismatches} off`,
     `${f.agreement.mismatches === 0 ? 'agree' : 'DISAGREE'} on ${f.agreement.disksCompared} disks, ` +
@@ -332,6 +431,7 @@ function print(f: ReturnType<typeof figuresOf>, m: Measured): void {
 
 async function main(): Promise<number> {
   await ensureBuilt()
+  const standalone = await ensureStandalone()
   const root = await mkdtemp(join(tmpdir(), 'imgcache-bench-inspect-'))
   // Interrupted: remove the host, then die of the signal as if there were no handler.
   const onSignal = (signal: NodeJS.Signals) => {
@@ -343,7 +443,7 @@ async function main(): Promise<number> {
   try {
     const setup = await timed(async () => makeSyntheticHost(root, SPEC))
     console.log(`synthetic host built in ${seconds(setup.ms)} under ${root}`)
-    const measured = await measure(setup.value)
+    const measured = await measure(setup.value, standalone, join(root, 'compile-cache'))
     const figures = figuresOf(setup.value, measured)
     print(figures, measured)
     console.log(`figures: ${await writeFigures('inspect', figures)}`)

@@ -33,7 +33,7 @@ await build({
   },
   bundle: true,
   chunkNames: 'chunks/[name]-[hash]',
-  entryPoints: ['src/cli.ts', ...commands, ...hooks],
+  entryPoints: ['src/cli.ts', 'src/compile-cache.ts', ...commands, ...hooks],
   // cosmiconfig loads TypeScript only for a .ts config file; it is resolved at run time, from
   // imgcache's own node_modules (a devDependency: a .ts config needs it installed).
   external: ['typescript'],
