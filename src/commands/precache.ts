@@ -9,23 +9,13 @@ import {UsageError} from '../lib/errors.js'
 import {ExitCode} from '../lib/exit-codes.js'
 import {resolveImages} from '../lib/images.js'
 import {findAggregate, selectNodes} from '../lib/nodes.js'
-import {type ItemResult} from '../lib/populate.js'
-import {type NodeSummary, precache, type Via} from '../lib/precache.js'
-import {formatItems, itemsExit, type ItemTotals, totalsLine, totalsOf} from '../lib/report/items.js'
+import {precache, type Via} from '../lib/precache.js'
+import {formatItems, itemsExit, totalsLine, totalsOf} from '../lib/report/items.js'
+import {type PrecacheReport} from '../lib/report/results.js'
 import {chooseRenderer} from '../lib/ui/renderer.js'
 import {createView} from '../lib/ui/views.js'
 
-export interface PrecacheReport {
-  aggregate: string
-  durationMs: number
-  images: Array<{id: string; name?: string; ref: string}>
-  items: ItemResult[]
-  nodes: NodeSummary[]
-  /** Relay: origin reads in this run (one per image). */
-  originReads?: number
-  totals: ItemTotals
-  via: Via
-}
+export type {PrecacheReport} from '../lib/report/results.js'
 
 export default class Precache extends BaseCommand<typeof Precache> {
   static override args = {

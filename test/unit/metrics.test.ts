@@ -7,7 +7,7 @@ describe('Prometheus text for prune', () => {
     cacheDir: '/i/_base',
     cacheDirExists: true,
     decisions: [],
-    dryRun: false,
+    dryRun: false as const,
     errors: 0,
     guard: [],
     instancesPath: '/i',
@@ -30,6 +30,28 @@ describe('Prometheus text for prune', () => {
     expect(text).toContain(String.raw`imgcache_prune_reclaimed_bytes{node="cmp-\"01\""} 2048`)
     expect(text).toContain(String.raw`imgcache_prune_last_success_timestamp_seconds{node="cmp-\"01\""} 1700000000`)
     expect(text.endsWith('\n')).toBe(true)
+  })
+
+  it('a dry run removed nothing and is no successful prune: zeros, and the previous last-success time', () => {
+    const previous = previousSuccess('imgcache_prune_last_success_timestamp_seconds{node="cmp-03"} 1600000000\n')
+    const dry = {
+      ...result,
+      decisions: [],
+      dryRun: true as const,
+      node: 'cmp-03',
+      wouldReclaimBytes: 2048,
+      wouldRemove: 2,
+      wouldTouch: 1,
+    }
+    const text = formatMetrics(
+      [{after: {bytes: 10, entries: {original: 3}}, failed: false, node: dry.node, result: dry}],
+      1_700_000_000,
+      previous,
+    )
+    expect(text).toContain('imgcache_prune_removed_entries{node="cmp-03"} 0')
+    expect(text).toContain('imgcache_prune_reclaimed_bytes{node="cmp-03"} 0')
+    expect(text).toContain('imgcache_prune_last_success_timestamp_seconds{node="cmp-03"} 1600000000')
+    expect(text).toContain('imgcache_prune_last_run_timestamp_seconds{node="cmp-03"} 1700000000')
   })
 
   it('a failed node keeps its previous last-success time and counts an error', () => {

@@ -1,4 +1,4 @@
-import type {PruneDecision, PruneResult} from '../prune.js'
+import type {PruneDecision, PrunePreview, PruneResult} from '../prune.js'
 
 import {formatBytes, formatDuration} from '../duration.js'
 import {IN_USE} from '../prune.js'
@@ -6,16 +6,22 @@ import {IN_USE} from '../prune.js'
 export type LogLevel = 'error' | 'info' | 'verbose' | 'warn'
 
 /** How loud a decision is: actions and trouble by default, every decision with --verbose. */
-export function decisionLevel(d: PruneDecision): LogLevel {
+export function decisionLevel(d: PruneDecision | PrunePreview): LogLevel {
   if (d.outcome === 'error') return 'error'
   if (d.outcome === 'guarded' || d.outcome === 'locked') return 'warn'
   // A base found in use only by the re-check under its lock: a disk was made over it meanwhile.
-  if (d.outcome === 'removed' || (d.outcome === 'in-use' && d.reason !== IN_USE)) return 'info'
+  if (d.outcome === 'removed' || d.outcome === 'would-remove' || (d.outcome === 'in-use' && d.reason !== IN_USE))
+    return 'info'
   return 'verbose'
 }
 
-/** One log line for a decision, in Nova's words where Nova has them. */
-export function decisionText(node: string, d: PruneDecision, dryRun: boolean): string {
+/** Whether a decision refreshed its entry's mtime, or (a dry run's preview) would. */
+export function touchOf(d: PruneDecision | PrunePreview): {touched: boolean} | {wouldTouch: boolean} {
+  return 'wouldTouch' in d ? {wouldTouch: d.wouldTouch} : {touched: d.touched}
+}
+
+/** One log line for a decision (a dry run's is a preview), in Nova's words where Nova has them. */
+export function decisionText(node: string, d: PruneDecision | PrunePreview): string {
   const prefix = `${node}: `
   switch (d.outcome) {
     case 'error': {
@@ -31,7 +37,8 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
     }
 
     case 'in-use': {
-      return `${prefix}${d.touched ? (dryRun ? 'would touch' : 'touched') : 'kept'} ${d.path}: in use by ${(d.users ?? []).join(', ')}${d.reason === IN_USE ? '' : ` (${d.reason})`}`
+      const verb = 'wouldTouch' in d ? (d.wouldTouch ? 'would touch' : 'kept') : d.touched ? 'touched' : 'kept'
+      return `${prefix}${verb} ${d.path}: in use by ${(d.users ?? []).join(', ')}${d.reason === IN_USE ? '' : ` (${d.reason})`}`
     }
 
     case 'locked': {
@@ -46,8 +53,9 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
       return `${prefix}kept ${d.path}: ${d.reason}`
     }
 
-    case 'removed': {
-      const verb = dryRun ? 'would remove' : 'removed'
+    case 'removed':
+    case 'would-remove': {
+      const verb = d.outcome === 'would-remove' ? 'would remove' : 'removed'
       return `${prefix}${verb} ${d.kind === 'temporary' ? 'stale temporary' : d.kind} ${d.path} (${formatBytes(d.bytes)}, unused for ${formatDuration(d.ageSeconds)})${d.kind === 'temporary' ? `: ${d.reason}` : ''}`
     }
 
@@ -66,8 +74,8 @@ export function pruneSummary(r: PruneResult, options: {person?: boolean} = {}): 
   const run = `${r.node}: prune ${r.dryRun ? '(dry run) ' : ''}`
   if (!r.cacheDirExists) return options.person ? `${run}no cache dir at ${r.cacheDir}: nothing to do` : ''
   const parts: string[] = []
-  if (r.removed > 0)
-    parts.push(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed} (${formatBytes(r.reclaimedBytes)})`)
+  const [removed, bytes] = r.dryRun ? [r.wouldRemove, r.wouldReclaimBytes] : [r.removed, r.reclaimedBytes]
+  if (removed > 0) parts.push(`${r.dryRun ? 'would remove' : 'removed'} ${removed} (${formatBytes(bytes)})`)
   if (r.errors > 0) parts.push(`${r.errors} error${r.errors === 1 ? '' : 's'}`)
   const locked = r.decisions.filter((d) => d.outcome === 'locked').length
   if (locked > 0) parts.push(`${locked} skipped (locked)`)
