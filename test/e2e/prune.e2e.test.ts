@@ -558,6 +558,18 @@ describe('the published JSON Schemas (schemas/*.schema.json)', () => {
     const inspected = structuredClone(inspect)
     inspected.nodes[0]!.entries[0]!.prune = {outcome: 'removed', reason: 'unused and old enough'}
     rejects('inspect', inspected, /outcome|allowed values/)
+    // A usage error that oclif's parser finds is an error report like ours: exit 2, no internals.
+    for (const argv of [
+      ['prune', '--json', '--bogus'],
+      ['inspect', '--json', '--concurrency', '0'],
+      ['prune', '--json', '--log-format', 'xml'],
+    ]) {
+      const usage = await runCli(argv)
+      expect(usage.exitCode, argv.join(' ')).toBe(2)
+      expect(usage.json, argv.join(' ')).toMatchObject({error: {code: 'USAGE'}, status: 2})
+      expect(usage.stdout.length, argv.join(' ')).toBeLessThan(2000)
+    }
+
     // And the real thing passes.
     expect(() => assertJsonSchema('prune', dry)).not.toThrow()
     expect(() => assertJsonSchema('inspect', inspect)).not.toThrow()
