@@ -209,6 +209,26 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     expect(wouldTouch).toContain(sha1('img-other'))
     expect(preview.wouldTouch).toBe(wouldTouch.length)
 
+    // The log lines (--log-format json) of a dry run say the same: would, never did.
+    const logged = await runCli(['prune', '--dry-run', '--verbose', '--log-format', 'json', ...args.slice(0, -1)])
+    const lines = logged.stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+    const decisionLines = lines.filter((l) => typeof l.entry === 'string')
+    expect(decisionLines).toHaveLength(preview.decisions.length)
+    for (const l of decisionLines) {
+      expect(l, String(l.entry)).not.toHaveProperty('touched')
+      expect(l.action, String(l.entry)).not.toBe('removed')
+    }
+
+    expect(
+      decisionLines
+        .filter((l) => l.wouldTouch === true)
+        .map((l) => l.entry)
+        .sort(),
+    ).toEqual(wouldTouch)
+
     const run = await runCli(['prune', ...args])
     expect(run.exitCode).toBe(0)
     const done = (run.json as {nodes: Node[]}).nodes[0]!
