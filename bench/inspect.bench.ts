@@ -306,7 +306,7 @@ function figuresOf(host: SyntheticHost, m: Measured) {
     disks: host.disks.length,
     instances: m.json.instances.total,
     node: process.version,
-    pruneWouldRemove: m.json.entries.filter((e) => e.prune.outcome === 'removed').length,
+    pruneWouldRemove: m.json.entries.filter((e) => e.prune.outcome === 'would-remove').length,
     ratios: {
       baselinePerImgcache: ratio,
       baselinePerInProcess: m.sequential.ms / m.inProcess.ms,

@@ -81,7 +81,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }
 
     if (err instanceof Errors.CLIError || (err as {oclif?: unknown}).oclif) {
-      // Parse and usage errors from oclif: exit 2 unless they say otherwise.
+      // Parse and usage errors from oclif: exit 2 unless they say otherwise. With --json, an error
+      // report like every other (schemas/*.schema.json), not oclif's dump of the error object with
+      // the whole parser context in it, under exit 1.
+      if (this.jsonEnabled()) {
+        const status = (err as {oclif?: {exit?: number}}).oclif?.exit ?? ExitCode.Usage
+        const {suggestions} = err as {suggestions?: unknown}
+        process.exitCode = status
+        this.logJson({
+          error: {
+            code: 'USAGE',
+            message: err.message.replace(/\nSee more help with --help$/, ''),
+            suggestions: [
+              ...(Array.isArray(suggestions) ? suggestions.map(String) : []),
+              `See ${[this.config.bin, this.id, '--help'].filter(Boolean).join(' ')}.`,
+            ],
+          },
+          status,
+        })
+        return
+      }
+
       return super.catch(err)
     }
 

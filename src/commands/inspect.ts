@@ -7,14 +7,12 @@ import {resolveCacheSettings} from '../lib/config/settings.js'
 import {formatBytes} from '../lib/duration.js'
 import {ExitCode} from '../lib/exit-codes.js'
 import {forEachNode} from '../lib/fleet.js'
-import {buildInspectResult, type InspectResult} from '../lib/inspect.js'
+import {buildInspectResult} from '../lib/inspect.js'
 import {selectNodes} from '../lib/nodes.js'
-import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
+import {failureOf, overallExit} from '../lib/report/outcome.js'
+import {type InspectReport} from '../lib/report/results.js'
 
-export interface InspectReport {
-  failures: NodeFailure[]
-  nodes: InspectResult[]
-}
+export type {InspectReport} from '../lib/report/results.js'
 
 export default class Inspect extends BaseCommand<typeof Inspect> {
   static override description = withExitCodes(

@@ -9,7 +9,8 @@ import {UsageError} from '../lib/errors.js'
 import {forEachNode} from '../lib/fleet.js'
 import {resolveImages} from '../lib/images.js'
 import {selectNodes} from '../lib/nodes.js'
-import {createOverlay, type OverlayResult} from '../lib/overlay.js'
+import {createOverlay} from '../lib/overlay.js'
+import {type OverlayReport} from '../lib/report/results.js'
 
 export default class Overlay extends BaseCommand<typeof Overlay> {
   // Positional order: IMAGE then DEST.
@@ -50,7 +51,7 @@ overlay never overwrites DEST and never makes a disk smaller than the image.`,
   }
   static override summary = 'Create a qcow2 overlay backed by a cached base, as Nova builds an instance disk.'
 
-  async run(): Promise<OverlayResult> {
+  async run(): Promise<OverlayReport> {
     const {config} = this.config_
     const size = this.flags.size === undefined ? undefined : parseSize(this.flags.size)
     if (this.flags.size !== undefined && (size === undefined || size <= 0)) {

@@ -6,15 +6,13 @@ import {resolveCacheSettings} from '../lib/config/settings.js'
 import {forEachNode} from '../lib/fleet.js'
 import {resolveImages} from '../lib/images.js'
 import {selectNodes} from '../lib/nodes.js'
-import {itemFromError, type ItemResult, populateNode} from '../lib/populate.js'
-import {formatItems, itemsExit, type ItemTotals, totalsOf} from '../lib/report/items.js'
+import {itemFromError, populateNode} from '../lib/populate.js'
+import {formatItems, itemsExit, totalsOf} from '../lib/report/items.js'
+import {type PopulateReport} from '../lib/report/results.js'
 import {chooseRenderer} from '../lib/ui/renderer.js'
 import {createView} from '../lib/ui/views.js'
 
-export interface PopulateReport {
-  items: ItemResult[]
-  totals: ItemTotals
-}
+export type {PopulateReport} from '../lib/report/results.js'
 
 export default class Populate extends BaseCommand<typeof Populate> {
   static override args = {

@@ -16,39 +16,15 @@ import {planExit, type PlannedItem} from '../lib/plan/items.js'
 import {planPrecache} from '../lib/plan/plan.js'
 import {type LinkSpeeds, mergeLinkSpeeds, type ModePlan, parseLinkSpeeds} from '../lib/plan/rules.js'
 import {type NodeScan, scanNodes} from '../lib/plan/scan.js'
-import {type ItemResult} from '../lib/populate.js'
 import {type NodeSummary, precache, type Via} from '../lib/precache.js'
 import {formatItems, itemsExit, type ItemTotals, totalsLine, totalsOf} from '../lib/report/items.js'
 import {chooseRenderer} from '../lib/ui/renderer.js'
 import {createView} from '../lib/ui/views.js'
 
-export interface PrecacheReport {
-  aggregate: string
-  durationMs: number
-  images: Array<{id: string; name?: string; ref: string}>
-  /** --in-use: the images the aggregate's instances use, and those that cannot be cached. */
-  inUse?: {images: InUseImage[]; missing: MissingImage[]}
-  items: ItemResult[]
-  nodes: NodeSummary[]
-  /** Relay: origin reads in this run (one per image). */
-  originReads?: number
-  totals: ItemTotals
-  via: Via
-}
+import {type PrecachePlanReport, type PrecacheReport} from '../lib/report/results.js'
 
-/** --dry-run: the same report, its items planned rather than done, and the plan of every mode. */
-export interface PrecachePlanReport extends Omit<PrecacheReport, 'items' | 'nodes' | 'originReads' | 'totals'> {
-  dryRun: true
-  items: PlannedItem[]
-  plan: {
-    busiestNodeBytes: number
-    concurrency: number
-    linkSpeeds: LinkSpeeds
-    modes: ModePlan[]
-    unknownSizes: string[]
-  }
-  totals: PlanTotals
-}
+export type {PrecachePlanReport, PrecacheReport} from '../lib/report/results.js'
+
 
 export default class Precache extends BaseCommand<typeof Precache> {
   static override args = {

@@ -15,17 +15,21 @@ import {resolveCacheSettings} from '../lib/config/settings.js'
 import {ExitCode} from '../lib/exit-codes.js'
 import {forEachNode} from '../lib/fleet.js'
 import {selectNodes} from '../lib/nodes.js'
-import {prune, type PruneDecision, type PruneResult} from '../lib/prune.js'
+import {prune, type PruneDecision, type PrunePreview} from '../lib/prune.js'
 import {writeMetricsFile} from '../lib/report/metrics-file.js'
-import {failureOf, type NodeFailure, overallExit} from '../lib/report/outcome.js'
+import {failureOf, overallExit} from '../lib/report/outcome.js'
 import {printable} from '../lib/report/printable.js'
-import {decisionLevel, decisionText, type LogLevel, pruneSummary, spaceLine} from '../lib/report/prune-format.js'
+import {
+  decisionLevel,
+  decisionText,
+  type LogLevel,
+  pruneSummary,
+  spaceLine,
+  touchOf,
+} from '../lib/report/prune-format.js'
+import {type PruneReport} from '../lib/report/results.js'
 
-export interface PruneReport {
-  dryRun: boolean
-  failures: NodeFailure[]
-  nodes: PruneResult[]
-}
+export type {PruneReport} from '../lib/report/results.js'
 
 export default class Prune extends BaseCommand<typeof Prune> {
   static override description = withExitCodes(
@@ -89,7 +93,8 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
 
   async run(): Promise<PruneReport> {
     const {config} = this.config_
-    const dryRun = this.flags['dry-run']
+    // An absent boolean flag is undefined, and the report always says whether it was a dry run.
+    const dryRun = this.flags['dry-run'] === true
     const specs = selectNodes(config, {aggregate: this.flags.aggregate, nodes: this.flags.node})
     const outcomes = await forEachNode(
       specs,
@@ -154,9 +159,9 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
     return report
   }
 
-  private decision(node: string, d: PruneDecision, dryRun: boolean) {
+  private decision(node: string, d: PruneDecision | PrunePreview, dryRun: boolean) {
     const level = decisionLevel(d)
-    this.log_(level, decisionText(node, d, dryRun), {
+    this.log_(level, decisionText(node, d), {
       action: d.outcome,
       bytes: d.bytes,
       dryRun,
@@ -165,7 +170,7 @@ prune never deletes a file that is not a cache entry by Nova's rules or a tempor
       node,
       reason: d.reason,
       ...(d.space ? {space: d.space} : {}),
-      touched: d.touched,
+      ...touchOf(d),
     })
   }
 

@@ -8,7 +8,7 @@ import type {Verification, VerifyTotals} from './verify.js'
 
 import {cacheName, SIDECAR_DIR} from './cache/naming.js'
 import {DiskHeaderError, isQcow2, parseDiskHeader} from './cache/qcow2-header.js'
-import {type PruneOutcome, pruneVerdict} from './prune.js'
+import {pruneVerdict, type PruneVerdictOutcome} from './prune.js'
 import {parseSidecar} from './sidecar.js'
 
 export type InspectKind = 'ephemeral' | 'original' | 'partial' | 'resized' | 'swap' | 'unknown'
@@ -28,8 +28,8 @@ export interface InspectEntry {
   path: string
   /** Problems that make the file unsound (damaged header, unsafe features, size mismatch, ...). */
   problems: string[]
-  /** What `imgcache prune` would do with it now, and when it becomes removable. */
-  prune: {outcome: PruneOutcome; reason: string; removableAt?: string}
+  /** What `imgcache prune` would do with it now (inspect itself changes nothing), and when it becomes removable. */
+  prune: {outcome: PruneVerdictOutcome; reason: string; removableAt?: string}
   /** Bytes the file takes on disk (allocated blocks). */
   sizeBytes: number
   sound: boolean
@@ -221,7 +221,9 @@ export function buildInspectResult(analysis: NodeAnalysis): InspectResult {
       bytes: entries.reduce((sum, e) => sum + e.sizeBytes, 0),
       entries: cacheEntries.length,
       inUse: cacheEntries.filter((e) => e.users.length > 0).length,
-      reclaimableBytes: entries.filter((e) => e.prune.outcome === 'removed').reduce((sum, e) => sum + e.sizeBytes, 0),
+      reclaimableBytes: entries
+        .filter((e) => e.prune.outcome === 'would-remove')
+        .reduce((sum, e) => sum + e.sizeBytes, 0),
       temporaries: entries.filter((e) => e.kind === 'partial').length,
       unknown: entries.filter((e) => e.kind === 'unknown').length,
       unsound: entries.filter((e) => !e.sound).length,

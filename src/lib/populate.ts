@@ -15,7 +15,10 @@ export interface ItemResult {
   bytes?: number
   /** Stable error code, for failures. */
   code?: string
+  /** Whether this run converted the download to raw. */
   converted?: boolean
+  /** Existing entries only: whether the run that cached it converted it to raw. */
+  convertedWhenCached?: boolean
   downloadedBytes?: number
   durationMs?: number
   /** Exit code the error carries (4 for an unsafe image, ...). */
@@ -44,6 +47,7 @@ export function itemFromResult(image: ResolvedImage, result: FetchResult): ItemR
   return {
     bytes: result.bytes,
     converted: result.converted,
+    convertedWhenCached: result.convertedWhenCached,
     downloadedBytes: result.downloadedBytes,
     durationMs: result.durationMs,
     image: {id: image.record.id, name: image.record.name, ref: image.ref},

@@ -1,6 +1,6 @@
 import type {NodeAnalysis} from './analysis.js'
 import type {PlanItem} from './cache/policy.js'
-import type {PruneDecision} from './prune.js'
+import type {PruneDecision, PrunePreview} from './prune.js'
 
 import {lockName} from './cache/naming.js'
 import {effectiveTarget, meets, planSpace, type SpaceShortfall} from './cache/space.js'
@@ -37,6 +37,33 @@ export interface SpaceReport {
     maxSizeBytes?: number
     maxSizeFrom?: string
   }
+}
+
+/**
+ * The space report of a dry run: the same figures, named for what prune would do (nothing was
+ * removed, so nothing was reached either).
+ */
+export interface SpacePreview extends Omit<SpaceReport, 'after' | 'reached' | 'reclaimedBytes' | 'removed'> {
+  /** Allocated bytes the removals for space alone would free. */
+  wouldReclaimBytes: number
+  /** The file system and the cache once the removals prune would make are done. */
+  wouldLeave: SpaceReport['after']
+  /** Whether those removals would reach the target. */
+  wouldReach: boolean
+  /** Entries prune would remove for space alone, beyond the age rules. */
+  wouldRemove: number
+}
+
+export function spacePreview(report: SpaceReport): SpacePreview {
+  const {after, reached, reclaimedBytes, removed, ...rest} = report
+  return {...rest, wouldLeave: after, wouldReach: reached, wouldReclaimBytes: reclaimedBytes, wouldRemove: removed}
+}
+
+/** A decision or a dry run's preview: removed (or would be) either way. */
+type Decided = PruneDecision | PrunePreview
+
+function gone(d: Decided): boolean {
+  return d.outcome === 'removed' || d.outcome === 'would-remove'
 }
 
 /** A removal for space on a decision: its place in the order, and the figures once it is done. */
@@ -78,12 +105,13 @@ function targetsOf(analysis: NodeAnalysis) {
  */
 export function chooseSpaceRemovals(
   analysis: NodeAnalysis,
-  decisions: ReadonlyMap<string, PruneDecision>,
+  decisions: ReadonlyMap<string, PruneDecision> | ReadonlyMap<string, PrunePreview>,
   guarded: boolean,
+  outcome: 'removed' | 'would-remove',
 ): PlanItem[] {
   if (guarded || !analysis.settings.policy.removeUnused) return []
   const {fs} = analysis.scan
-  const freedByAge = [...decisions.values()].reduce((sum, d) => sum + (d.outcome === 'removed' ? d.bytes : 0), 0)
+  const freedByAge = [...decisions.values()].reduce((sum: number, d: Decided) => sum + (gone(d) ? d.bytes : 0), 0)
   const items = new Map(analysis.plan.map((i) => [i.name, i]))
   const candidates = analysis.plan
     .filter(
@@ -104,7 +132,7 @@ export function chooseSpaceRemovals(
   return steps.map((step, index): PlanItem => {
     const item = items.get(step.name)!
     const decision = decisions.get(step.name)!
-    decision.outcome = 'removed'
+    decision.outcome = outcome
     decision.reason = `unused and least recently used: removable before its minimum age for the space target`
     decision.space = {cacheBytesAfter: step.cacheBytesAfter, freeBytesAfter: step.freeBytesAfter, rank: index + 1}
     delete decision.removableAt
@@ -125,13 +153,13 @@ export function chooseSpaceRemovals(
 /** The space report of a node once every decision is final. */
 export function spaceReport(
   analysis: NodeAnalysis,
-  decisions: readonly PruneDecision[],
+  decisions: readonly Decided[],
   guarded: boolean,
 ): SpaceReport {
   const {fs} = analysis.scan
   const {bytes: targets, report: target} = targetsOf(analysis)
   const before = {cacheBytes: cacheBytesOf(analysis), freeBytes: fs?.available, totalBytes: fs?.total}
-  const removed = decisions.filter((d) => d.outcome === 'removed')
+  const removed = decisions.filter((d) => gone(d))
   const freed = removed.reduce((sum, d) => sum + d.bytes, 0)
   const after = {
     cacheBytes: before.cacheBytes - freed,
@@ -146,7 +174,7 @@ export function spaceReport(
   const files = new Set(analysis.scan.cacheDir.entries.filter((e) => e.type === 'file').map((e) => e.name))
   const left = {inUse: tally(), kept: tally(), notRemovable: tally()}
   for (const d of decisions) {
-    if (!files.has(d.name) || d.outcome === 'removed') continue
+    if (!files.has(d.name) || gone(d)) continue
     const into =
       d.outcome === 'in-use'
         ? left.inUse

@@ -9,8 +9,16 @@ import {lockOrder, type PlanItem, recheckRemoval} from './cache/policy.js'
 import {hasSpaceTarget} from './cache/space.js'
 import {formatDuration} from './duration.js'
 import {describeError, errnoCode, ImgcacheError} from './errors.js'
-import {chooseSpaceRemovals, type SpaceRemoval, type SpaceReport, spaceReport} from './prune-space.js'
+import {
+  chooseSpaceRemovals,
+  type SpacePreview,
+  spacePreview,
+  type SpaceRemoval,
+  type SpaceReport,
+  spaceReport,
+} from './prune-space.js'
 
+/** What a prune run did with an entry. */
 export type PruneOutcome =
   /** Removing it failed. */
   | 'error'
@@ -26,55 +34,109 @@ export type PruneOutcome =
   | 'rechecked'
   /** Kept: old enough, but remove_unused_base_images is off. */
   | 'removal-disabled'
-  /** Removed (or, in a dry run, would be). */
+  /** Removed by this run. */
   | 'removed'
   /** Kept: unused but younger than its minimum age. */
   | 'too-young'
 
-export interface PruneDecision {
+/**
+ * What prune would do with an entry: the verdict of a dry run and of inspect's preview, which take
+ * no lock and change nothing (so they can neither fail nor find a lock busy).
+ */
+export type PruneVerdictOutcome =
+  | 'guarded'
+  | 'ignored'
+  | 'in-use'
+  | 'removal-disabled'
+  | 'too-young'
+  /** Unused and old enough: prune would remove it (under its lock, after re-checking it). */
+  | 'would-remove'
+
+/** An entry as prune saw it, whatever was done with it. */
+interface DecisionEntry {
   ageSeconds: number
+  /** Allocated bytes of the entry (what removing it frees). */
   bytes: number
   kind: PlanItem['kind']
   name: string
-  outcome: PruneOutcome
   path: string
   reason: string
   /** When an unused entry becomes removable (ISO time), for too-young entries. */
   removableAt?: string
-  /** Removed (or would be) for a space target, beyond the age rules: its place and the figures after it. */
+  /**
+   * Removed (or, in a dry run, would be) for a space target, beyond the age rules: its place in the
+   * order and the figures once it and every one before it are gone.
+   */
   space?: SpaceRemoval
-  /** Whether the entry's mtime was refreshed (or, in a dry run, would be). */
-  touched: boolean
+  /** Instances using it. */
   users?: string[]
 }
 
-export interface PruneResult {
+/** What a prune run did with one entry. */
+export interface PruneDecision extends DecisionEntry {
+  outcome: PruneOutcome
+  /** Whether this run refreshed the entry's mtime (Nova's touch of an in-use entry). */
+  touched: boolean
+}
+
+/** What a dry run says prune would do with one entry; nothing was done. */
+export interface PrunePreview extends DecisionEntry {
+  outcome: PruneVerdictOutcome
+  /** Whether prune would refresh the entry's mtime (it is in use). */
+  wouldTouch: boolean
+}
+
+/** What prune saw on a node, dry run or not. */
+interface PruneNodeFields {
   cacheDir: string
   /** Whether the cache dir exists; when it does not, there is nothing to do. */
   cacheDirExists: boolean
-  decisions: PruneDecision[]
-  dryRun: boolean
+  /** Entries whose removal (or touch) failed: always 0 in a dry run, which does neither. */
   errors: number
   /** Instance disks that could not be read: while any exist, nothing is deleted (exit 4). */
   guard: DiskProblem[]
   instancesPath: string
   node: string
-  /** Allocated bytes freed (or that would be freed). */
+}
+
+/** What a prune run did on a node: every count is of something this run changed. */
+export interface PruneRunResult extends PruneNodeFields {
+  decisions: PruneDecision[]
+  dryRun: false
+  /** Allocated bytes this run freed. */
   reclaimedBytes: number
+  /** Entries this run removed. */
   removed: number
-  /** Orphaned imgcache metadata files removed. */
+  /** Orphaned imgcache metadata files this run removed. */
   sidecarsRemoved: number
   /** Prune by space (--keep-free, --max-size): present when a target applies to the node. */
   space?: SpaceReport
+  /** Entries whose mtime this run refreshed. */
   touched: number
 }
+
+/** What a dry run found on a node: it changed nothing, so its counts say what prune would do. */
+export interface PruneDryRunResult extends PruneNodeFields {
+  decisions: PrunePreview[]
+  dryRun: true
+  /** Allocated bytes prune would free. */
+  wouldReclaimBytes: number
+  /** Prune by space (--keep-free, --max-size): what prune would do for the target, when one applies. */
+  space?: SpacePreview
+  /** Entries prune would remove. */
+  wouldRemove: number
+  /** Entries whose mtime prune would refresh. */
+  wouldTouch: number
+}
+
+export type PruneResult = PruneDryRunResult | PruneRunResult
 
 export interface PruneOptions {
   dryRun: boolean
   /** How long to wait for a lock held by someone else before skipping the file. */
   lockTimeoutMs: number
-  /** Called once per decision, as it is made (for log lines). */
-  onDecision?: (decision: PruneDecision) => void
+  /** Called once per decision, as it is made (for log lines): a preview in a dry run. */
+  onDecision?: (decision: PruneDecision | PrunePreview) => void
   signal?: AbortSignal
 }
 
@@ -85,7 +147,7 @@ export const IN_USE = 'in use'
 export function pruneVerdict(
   item: PlanItem,
   guarded: boolean,
-): {outcome: PruneOutcome; reason: string; removableAt?: string} {
+): {outcome: PruneVerdictOutcome; reason: string; removableAt?: string} {
   const v = item.verdict
   switch (v.action) {
     case 'ignore': {
@@ -114,13 +176,56 @@ export function pruneVerdict(
       if (guarded)
         return {outcome: 'guarded', reason: 'unused and old enough, kept because an instance disk could not be read'}
       return {
-        outcome: 'removed',
+        outcome: 'would-remove',
         reason:
           item.kind === 'temporary'
             ? `stale ${item.name.endsWith('.part') ? 'download' : 'conversion'} left by an interrupted run`
             : 'unused and old enough',
       }
     }
+  }
+}
+
+/**
+ * Whether prune touches an in-use entry. When a disk cannot be read, Nova's pass stops in its
+ * backing-file check, after it has touched the bases its instances' image ids name and before it
+ * reaches the swap and ephemeral templates: those stay as they are (checked against Nova's own
+ * code: test/e2e/nova-oracle.e2e.test.ts).
+ */
+function touches(item: PlanItem, guarded: boolean): boolean {
+  return (
+    item.verdict.action === 'keep' &&
+    item.verdict.reason === 'in-use' &&
+    item.verdict.touch &&
+    !(guarded && (item.kind === 'swap' || item.kind === 'ephemeral'))
+  )
+}
+
+/** What prune says of an entry, whatever it does with it. */
+function entryOf(analysis: NodeAnalysis, item: PlanItem, reason: string, removableAt?: string): DecisionEntry {
+  const entry: DecisionEntry = {
+    ageSeconds: Math.round(item.ageSeconds),
+    bytes: item.entry.type === 'symlink' ? 0 : item.entry.allocated,
+    kind: item.kind,
+    name: item.name,
+    path: posix.join(analysis.settings.cacheDir, item.name),
+    reason,
+  }
+  const use = analysis.usage.uses.get(item.name)
+  if (use) entry.users = use.instances
+  if (removableAt) entry.removableAt = removableAt
+  return entry
+}
+
+function nodeFields(analysis: NodeAnalysis): PruneNodeFields {
+  const {node, settings, usage} = analysis
+  return {
+    cacheDir: settings.cacheDir,
+    cacheDirExists: analysis.scan.cacheDir.exists,
+    errors: 0,
+    guard: usage.problems,
+    instancesPath: settings.instancesPath,
+    node: node.name,
   }
 }
 
@@ -133,17 +238,65 @@ export function pruneVerdict(
  * changes nothing.
  */
 export async function prune(analysis: NodeAnalysis, options: PruneOptions): Promise<PruneResult> {
+  return options.dryRun ? previewPrune(analysis, options) : prunePass(analysis, options)
+}
+
+/**
+ * A dry run: the verdicts of the first scan, with no lock taken and nothing touched or removed. Its
+ * result says what prune would do (`would-remove`, `wouldTouch`), never what was done: nothing was.
+ */
+function previewPrune(analysis: NodeAnalysis, options: PruneOptions): PruneDryRunResult {
+  const guarded = analysis.usage.problems.length > 0
+  const result: PruneDryRunResult = {
+    ...nodeFields(analysis),
+    decisions: [],
+    dryRun: true,
+    wouldReclaimBytes: 0,
+    wouldRemove: 0,
+    wouldTouch: 0,
+  }
+  const previews: PrunePreview[] = []
+  for (const item of analysis.plan) {
+    if (options.signal?.aborted) break
+    if (item.kind === 'unknown' && item.name === SIDECAR_DIR) continue
+    const {outcome, reason, removableAt} = pruneVerdict(item, guarded)
+    previews.push({...entryOf(analysis, item, reason, removableAt), outcome, wouldTouch: touches(item, guarded)})
+  }
+
+  const space = hasSpaceTarget(analysis.settings.space) && !options.signal?.aborted
+  if (space) {
+    chooseSpaceRemovals(analysis, new Map(previews.map((p) => [p.name, p])), guarded, 'would-remove')
+    byRank(previews)
+  }
+
+  for (const preview of previews) {
+    if (preview.wouldTouch) result.wouldTouch++
+    if (preview.outcome === 'would-remove') {
+      result.wouldRemove++
+      result.wouldReclaimBytes += preview.bytes
+    }
+
+    result.decisions.push(preview)
+    options.onDecision?.(preview)
+  }
+
+  if (space) result.space = spacePreview(spaceReport(analysis, result.decisions, guarded))
+  return result
+}
+
+/** Space removals move to the end of the decisions, in the order chosen (a stable sort keeps the rest). */
+function byRank(decisions: Array<{space?: SpaceRemoval}>): void {
+  const rank = (d: {space?: SpaceRemoval}) => d.space?.rank ?? 0
+  decisions.sort((a, b) => rank(a) - rank(b))
+}
+
+async function prunePass(analysis: NodeAnalysis, options: PruneOptions): Promise<PruneRunResult> {
   const {node, plan, settings, usage} = analysis
   const guarded = usage.problems.length > 0
-  const result: PruneResult = {
-    cacheDir: settings.cacheDir,
-    cacheDirExists: analysis.scan.cacheDir.exists,
+  const result: PruneRunResult = {
+    ...nodeFields(analysis),
     decisions: [],
-    dryRun: options.dryRun,
-    errors: 0,
-    guard: usage.problems,
-    instancesPath: settings.instancesPath,
-    node: node.name,
+    dryRun: false,
     reclaimedBytes: 0,
     removed: 0,
     sidecarsRemoved: 0,
@@ -154,20 +307,14 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
     options.onDecision?.(decision)
   }
 
-  // Touch in-use entries first, as Nova marks them before it removes anything. When a disk cannot
-  // be read, Nova's pass stops in its backing-file check, after it has touched the bases its
-  // instances' image ids name and before it reaches the swap and ephemeral templates: those stay
-  // as they are (checked against Nova's own code: test/e2e/nova-oracle.e2e.test.ts).
-  const touches = (item: (typeof plan)[number]) =>
-    item.verdict.action === 'keep' &&
-    item.verdict.reason === 'in-use' &&
-    item.verdict.touch &&
-    !(guarded && (item.kind === 'swap' || item.kind === 'ephemeral'))
-  const toTouch = plan.filter((i) => touches(i))
-  if (!options.dryRun && toTouch.length > 0) {
+  // Touch in-use entries first, as Nova marks them before it removes anything.
+  const toTouch = plan.filter((i) => touches(i, guarded))
+  let touchFailed = false
+  if (toTouch.length > 0) {
     try {
       await node.touch(toTouch.map((i) => posix.join(settings.cacheDir, i.name)))
     } catch (error) {
+      touchFailed = true
       result.errors++
       emit({
         ageSeconds: 0,
@@ -188,24 +335,17 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
   const batch: Removal[] = []
   for (const item of plan) {
     if (options.signal?.aborted) break
-    const path = posix.join(settings.cacheDir, item.name)
     if (item.kind === 'unknown' && item.name === SIDECAR_DIR) continue
     const {outcome, reason, removableAt} = pruneVerdict(item, guarded)
     const decision: PruneDecision = {
-      ageSeconds: Math.round(item.ageSeconds),
-      bytes: item.entry.type === 'symlink' ? 0 : item.entry.allocated,
-      kind: item.kind,
-      name: item.name,
-      outcome,
-      path,
-      reason,
-      touched: touches(item),
+      ...entryOf(analysis, item, reason, removableAt),
+      // `removed` before the removal below, which turns it into what happened when the entry stays
+      // (locked, rechecked, error); nothing reads a decision before that.
+      outcome: outcome === 'would-remove' ? 'removed' : outcome,
+      touched: touches(item, guarded) && !touchFailed,
     }
-    const use = usage.uses.get(item.name)
-    if (use) decision.users = use.instances
-    if (removableAt) decision.removableAt = removableAt
 
-    if (outcome === 'removed' && item.verdict.action === 'remove' && !options.dryRun) {
+    if (outcome === 'would-remove' && item.verdict.action === 'remove') {
       if (item.kind === 'temporary') {
         // eslint-disable-next-line no-await-in-loop
         await removeUnderLock(analysis, item, decision, options)
@@ -221,19 +361,17 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
   // (the same locks, the same re-scan), and their decisions move to the end, in the order chosen.
   if (hasSpaceTarget(settings.space) && !options.signal?.aborted) {
     const byName = new Map(decisions.map((d) => [d.name, d]))
-    for (const item of chooseSpaceRemovals(analysis, byName, guarded)) {
-      const decision = byName.get(item.name)!
-      if (!options.dryRun && item.verdict.action === 'remove') batch.push({decision, item, lock: item.verdict.lock})
+    for (const item of chooseSpaceRemovals(analysis, byName, guarded, 'removed')) {
+      if (item.verdict.action === 'remove') batch.push({decision: byName.get(item.name)!, item, lock: item.verdict.lock})
     }
 
-    const rank = (d: PruneDecision) => d.space?.rank ?? 0
-    decisions.sort((a, b) => rank(a) - rank(b))
+    byRank(decisions)
   }
 
   if (batch.length > 0) result.guard = [...result.guard, ...(await removeRechecked(analysis, batch, options))]
 
   for (const decision of decisions) {
-    if (decision.touched && !options.dryRun) result.touched++
+    if (decision.touched) result.touched++
     if (decision.outcome === 'removed') {
       result.removed++
       result.reclaimedBytes += decision.bytes
@@ -246,7 +384,7 @@ export async function prune(analysis: NodeAnalysis, options: PruneOptions): Prom
 
   if (hasSpaceTarget(settings.space)) result.space = spaceReport(analysis, result.decisions, result.guard.length > 0)
 
-  if (!guarded && !options.dryRun && settings.policy.removeUnused) {
+  if (!guarded && settings.policy.removeUnused) {
     const gone = new Set(result.decisions.filter((d) => d.outcome === 'removed').map((d) => d.name))
     result.sidecarsRemoved = await removeOrphanSidecars(analysis, gone)
   }

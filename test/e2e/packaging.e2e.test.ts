@@ -22,8 +22,10 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import type {InspectReport} from '../../src/commands/inspect.js'
 import type {PopulateReport} from '../../src/commands/populate.js'
 import type {PruneReport} from '../../src/commands/prune.js'
+import type {OverlayReport} from '../../src/lib/report/results.js'
 
 import {DAY, sha1} from '../fixtures/nova-host.js'
+import {parseJsonOutput} from '../helpers/json-schema.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url))
@@ -187,7 +189,7 @@ describe('the standalone imgcache, in the same root', () => {
     image = ['/root/cirros.qcow2', '--image-id', imageId, '--checksum', `sha256:${digest}`]
     const local = ['--instances-path', instances, '--json']
     const populate = await mustInRoot([bin, 'populate', ...image, ...local])
-    const populated = JSON.parse(populate.stdout) as PopulateReport
+    const populated = parseJsonOutput<PopulateReport>('populate', populate.stdout)
     expect(populated.items.map((i) => i.status)).toEqual(['cached'])
     const base = `${instances}/_base/${sha1(imageId)}`
     expect(existsSync(join(root, base))).toBe(true)
@@ -195,7 +197,8 @@ describe('the standalone imgcache, in the same root', () => {
     // An instance directory, as nova-compute makes it before the disk.
     const disk = `${instances}/6f1c2a9e-0b1d-4c55-8f21-5b7d9a3e4c10/disk`
     await mkdir(join(root, disk, '..'))
-    await mustInRoot([bin, 'overlay', ...image.slice(0, 1), disk, ...image.slice(1), ...local])
+    const overlay = await mustInRoot([bin, 'overlay', ...image.slice(0, 1), disk, ...image.slice(1), ...local])
+    expect(parseJsonOutput<OverlayReport>('overlay', overlay.stdout).overlay.path).toBe(disk)
     const info = JSON.parse((await mustInRoot(['qemu-img', 'info', '-U', '--output=json', disk])).stdout) as {
       'backing-filename'?: string
     }
@@ -207,13 +210,13 @@ describe('the standalone imgcache, in the same root', () => {
     const monthAgo = new Date(Date.now() - 30 * DAY * 1000)
     await utimes(join(root, retired), monthAgo, monthAgo)
 
-    const inspect = JSON.parse((await mustInRoot([bin, 'inspect', ...local])).stdout) as InspectReport
+    const inspect = parseJsonOutput<InspectReport>('inspect', (await mustInRoot([bin, 'inspect', ...local])).stdout)
     const {entries} = inspect.nodes[0]!
     expect(entries.find((e) => e.path === base)?.users).toEqual(['6f1c2a9e-0b1d-4c55-8f21-5b7d9a3e4c10'])
     expect(entries.find((e) => e.path === retired)?.users).toEqual([])
 
-    const prune = JSON.parse((await mustInRoot([bin, 'prune', ...local])).stdout) as PruneReport
-    expect(prune.nodes[0]!.removed).toBe(1)
+    const prune = parseJsonOutput<PruneReport>('prune', (await mustInRoot([bin, 'prune', ...local])).stdout)
+    expect(prune.nodes[0]).toMatchObject({dryRun: false, removed: 1})
     expect(existsSync(join(root, retired))).toBe(false)
     expect(existsSync(join(root, base))).toBe(true)
   })
@@ -241,11 +244,11 @@ describe('the standalone imgcache, in the same root', () => {
     const remote = ['--node', 'cmp1', '--config', '/root/imgcache.json', '--json']
     const populate = await inRoot([bin, 'populate', ...image, ...remote])
     expect(populate.stderr).toBe('')
-    expect((JSON.parse(populate.stdout) as PopulateReport).items.map((i) => i.status)).toEqual(['cached'])
+    expect(parseJsonOutput<PopulateReport>('populate', populate.stdout).items.map((i) => i.status)).toEqual(['cached'])
     expect(populate.exitCode).toBe(0)
     // On the node's own file system (the host's): the base, named as Nova names it.
     expect(existsSync(join(node.instancesPath, '_base', sha1(imageId)))).toBe(true)
-    const inspect = JSON.parse((await mustInRoot([bin, 'inspect', ...remote])).stdout) as InspectReport
+    const inspect = parseJsonOutput<InspectReport>('inspect', (await mustInRoot([bin, 'inspect', ...remote])).stdout)
     expect(inspect.nodes[0]!.entries.map((e) => e.name)).toEqual([sha1(imageId)])
     await rm(join(root, bin))
   })

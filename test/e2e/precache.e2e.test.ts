@@ -482,7 +482,7 @@ describe('imgcache precache', () => {
     ).nodes
     const entry = (name: string) => view?.entries.find((e) => e.name === name)
     expect(entry(sha1(raw.id))).toMatchObject({prune: {outcome: 'in-use'}, users: ['vm-1']})
-    expect(entry(sha1('retired-image'))).toMatchObject({prune: {outcome: 'removed'}, users: []})
+    expect(entry(sha1('retired-image'))).toMatchObject({prune: {outcome: 'would-remove'}, users: []})
 
     // --verify hashes the base on the node itself (the SSH node's digest) and asks Glance for its own.
     const verified = await runCli(['inspect', '--verify', '--node', 'node1', '--config', configFile, '--json'])

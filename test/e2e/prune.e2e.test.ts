@@ -7,6 +7,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {DAY, HOUR, libvirtXml, makeNovaHost, type NovaHost, sha1} from '../fixtures/nova-host.js'
 import {BIN, flat, runCli} from '../helpers/cli.js'
+import {assertJsonSchema} from '../helpers/json-schema.js'
 import {holdOsloLock} from '../helpers/oslo-lock.js'
 
 let root: string
@@ -21,11 +22,22 @@ interface PruneJson {
   dryRun: boolean
   failures: unknown[]
   nodes: Array<{
-    decisions: Array<{name: string; outcome: string; reason: string; touched: boolean; users?: string[]}>
+    decisions: Array<{
+      name: string
+      outcome: string
+      reason: string
+      touched?: boolean
+      users?: string[]
+      wouldTouch?: boolean
+    }>
     errors: number
     guard: Array<{path: string; reason: string}>
-    reclaimedBytes: number
-    removed: number
+    /** Real runs only. */
+    reclaimedBytes?: number
+    removed?: number
+    /** Dry runs only. */
+    wouldReclaimBytes?: number
+    wouldRemove?: number
   }>
 }
 
@@ -152,8 +164,8 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     expect(r.exitCode).toBe(0)
     const json = r.json as PruneJson
     expect(json.dryRun).toBe(true)
-    expect(json.nodes[0]!.removed).toBe(9)
-    expect(json.nodes[0]!.reclaimedBytes).toBeGreaterThan(0)
+    expect(json.nodes[0]!.wouldRemove).toBe(9)
+    expect(json.nodes[0]!.wouldReclaimBytes).toBeGreaterThan(0)
     expect(await mtimes(host.cacheDir)).toEqual(before)
     expect(await readdir(host.lockDir)).toEqual(locks)
     const text = await runCli([
@@ -167,6 +179,65 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     expect(text.stderr).toContain(`would remove original ${host.path(sha1('img-old'))}`)
     expect(text.stderr).toContain('prune (dry run) would remove 9')
     expect(text.stdout).toBe('')
+  })
+
+  it('--dry-run --json names what it would do, never what it did; the real run then does exactly that', async () => {
+    const {domainDir, host} = await observedHost(join(root, 'dry-json'))
+    const args = ['--instances-path', host.instancesPath, '--domain-xml-dir', domainDir, '--json']
+    const dry = await runCli(['prune', '--dry-run', ...args])
+    expect(dry.exitCode).toBe(0)
+    type Node = Record<string, unknown> & {decisions: Array<Record<string, unknown> & {name: string}>}
+    const preview = (dry.json as {nodes: Node[]}).nodes[0]!
+    expect(preview).toMatchObject({dryRun: true, wouldRemove: 9})
+    expect(preview.wouldReclaimBytes).toBeGreaterThan(0)
+    // Nothing was removed or touched: no field of a dry run may say so, not even as a zero.
+    for (const field of ['removed', 'touched', 'reclaimedBytes', 'sidecarsRemoved'])
+      expect(preview, field).not.toHaveProperty(field)
+    for (const d of preview.decisions) {
+      expect(d, d.name).not.toHaveProperty('touched')
+      expect(d.outcome, d.name).not.toBe('removed')
+    }
+
+    const names = (node: Node, test: (d: Node['decisions'][number]) => boolean) =>
+      node.decisions
+        .filter((d) => test(d))
+        .map((d) => d.name)
+        .sort()
+    const wouldRemove = names(preview, (d) => d.outcome === 'would-remove')
+    const wouldTouch = names(preview, (d) => d.wouldTouch === true)
+    expect(wouldRemove).toHaveLength(9)
+    expect(wouldTouch).toContain(sha1('img-other'))
+    expect(preview.wouldTouch).toBe(wouldTouch.length)
+
+    // The log lines (--log-format json) of a dry run say the same: would, never did.
+    const logged = await runCli(['prune', '--dry-run', '--verbose', '--log-format', 'json', ...args.slice(0, -1)])
+    const lines = logged.stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+    const decisionLines = lines.filter((l) => typeof l.entry === 'string')
+    expect(decisionLines).toHaveLength(preview.decisions.length)
+    for (const l of decisionLines) {
+      expect(l, String(l.entry)).not.toHaveProperty('touched')
+      expect(l.action, String(l.entry)).not.toBe('removed')
+    }
+
+    expect(
+      decisionLines
+        .filter((l) => l.wouldTouch === true)
+        .map((l) => l.entry)
+        .sort(),
+    ).toEqual(wouldTouch)
+
+    const run = await runCli(['prune', ...args])
+    expect(run.exitCode).toBe(0)
+    const done = (run.json as {nodes: Node[]}).nodes[0]!
+    expect(done).toMatchObject({dryRun: false, removed: 9, touched: wouldTouch.length})
+    for (const field of ['wouldRemove', 'wouldTouch', 'wouldReclaimBytes'])
+      expect(done, field).not.toHaveProperty(field)
+    expect(names(done, (d) => d.outcome === 'removed')).toEqual(wouldRemove)
+    expect(names(done, (d) => d.touched === true)).toEqual(wouldTouch)
+    for (const d of done.decisions) expect(d, d.name).not.toHaveProperty('wouldTouch')
   })
 
   it('deletes nothing and exits 4 when an instance disk cannot be parsed, naming the disk', async () => {
@@ -296,7 +367,7 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
   it("honours --min-age and the node's nova.conf (instances path, cache dir name, ages)", async () => {
     const host = await makeNovaHost(join(root, 'conf'), {bases: [{age: 3 * HOUR, imageId: 'img-a'}]})
     const young = await runCli(['prune', '--dry-run', '--instances-path', host.instancesPath, '--json'])
-    expect((young.json as PruneJson).nodes[0]!.removed).toBe(0)
+    expect((young.json as PruneJson).nodes[0]!.wouldRemove).toBe(0)
     const short = await runCli([
       'prune',
       '--dry-run',
@@ -306,7 +377,7 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
       '2h',
       '--json',
     ])
-    expect((short.json as PruneJson).nodes[0]!.removed).toBe(1)
+    expect((short.json as PruneJson).nodes[0]!.wouldRemove).toBe(1)
     const conf = join(root, 'conf', 'nova.conf')
     await writeFile(
       conf,
@@ -314,7 +385,7 @@ describe('imgcache prune (e2e, bin/run.js)', () => {
     )
     const viaConf = await runCli(['prune', '--dry-run', '--nova-conf', conf, '--json'])
     expect(viaConf.exitCode).toBe(0)
-    expect((viaConf.json as PruneJson).nodes[0]!.removed).toBe(1)
+    expect((viaConf.json as PruneJson).nodes[0]!.wouldRemove).toBe(1)
     const badConf = join(root, 'conf', 'bad.conf')
     await writeFile(badConf, '[image_cache]\nremove_unused_base_images = perhaps\n')
     const bad = await runCli(['prune', '--nova-conf', badConf, '--instances-path', host.instancesPath])
@@ -411,7 +482,18 @@ describe('imgcache inspect (e2e, bin/run.js)', () => {
       virtualSize: 16 * 1024 ** 2,
     })
     expect(byName[sha1('img-young')]).toMatchObject({prune: {outcome: 'too-young'}})
-    expect(byName[`${sha1('img-p')}.part`]).toMatchObject({kind: 'partial', prune: {outcome: 'removed'}, sound: false})
+    expect(byName[`${sha1('img-p')}.part`]).toMatchObject({
+      kind: 'partial',
+      prune: {outcome: 'would-remove'},
+      sound: false,
+    })
+    expect(byName[sha1('img-old')]).toMatchObject({prune: {outcome: 'would-remove'}})
+    // inspect removes nothing: no entry of its JSON says anything was removed or touched.
+    for (const e of node.entries) {
+      expect((e.prune as {outcome: string}).outcome, String(e.name)).not.toBe('removed')
+      expect(e.prune, String(e.name)).not.toHaveProperty('touched')
+    }
+
     expect(byName['random.txt']).toMatchObject({kind: 'unknown', prune: {outcome: 'ignored'}})
     expect(byName[sha1('img-empty')]).toMatchObject({problems: ['empty file'], sound: false})
     expect(node.totals).toMatchObject({entries: 13, inUse: 4, temporaries: 2, unknown: 3})
@@ -448,7 +530,7 @@ describe('imgcache inspect (e2e, bin/run.js)', () => {
     const user = {prune: {outcome: 'in-use'}, usedVia: ['boot'], users: ['u-k (instance-0000000k)']}
     expect(byName[sha1('aki')]).toMatchObject(user)
     expect(byName[sha1('ari')]).toMatchObject(user)
-    expect(byName[sha1('aki-other')]).toMatchObject({prune: {outcome: 'removed'}, users: []})
+    expect(byName[sha1('aki-other')]).toMatchObject({prune: {outcome: 'would-remove'}, users: []})
     const text = await runCli(['inspect', '--instances-path', host.instancesPath, '--domain-xml-dir', root])
     const row = text.stdout.split('\n').find((l) => l.startsWith(sha1('aki')))
     expect(row).toContain('instance-0000000k')
@@ -463,5 +545,53 @@ describe('imgcache inspect (e2e, bin/run.js)', () => {
     const r = await runCli(['inspect', '--instances-path', host.instancesPath], {env: {IMGCACHE_CONTENT_TYPE: 'json'}})
     expect(r.exitCode).toBe(0)
     expect((r.json as {nodes: unknown[]}).nodes).toHaveLength(1)
+  })
+})
+
+describe('the published JSON Schemas (schemas/*.schema.json)', () => {
+  it('reject a renamed field, an unknown one, and a dry run or inspect claiming what they did not do', async () => {
+    const {domainDir, host} = await observedHost(join(root, 'schemas'))
+    const args = ['--instances-path', host.instancesPath, '--domain-xml-dir', domainDir, '--json']
+    // runCli has checked each of these against its schema already: they are valid as printed.
+    const dry = (await runCli(['prune', '--dry-run', ...args])).json as {nodes: Array<Record<string, unknown>>}
+    const inspect = (await runCli(['inspect', ...args])).json as {nodes: Array<{entries: Array<{prune: object}>}>}
+    const rejects = (command: 'inspect' | 'prune', value: unknown, field: RegExp) =>
+      expect(() => assertJsonSchema(command, value)).toThrow(field)
+
+    // A renamed field: the new name is unknown, the old one missing.
+    const renamed = structuredClone(dry)
+    const {wouldRemove, ...rest} = renamed.nodes[0]!
+    renamed.nodes[0] = {...rest, wouldDelete: wouldRemove}
+    rejects('prune', renamed, /wouldDelete/)
+    // A dry run that says it removed or touched something.
+    const removed = structuredClone(dry)
+    removed.nodes[0]!.removed = 9
+    rejects('prune', removed, /removed/)
+    const touched = structuredClone(dry) as {nodes: Array<{decisions: Array<Record<string, unknown>>}>}
+    touched.nodes[0]!.decisions[0]!.touched = true
+    rejects('prune', touched, /touched/)
+    const outcome = structuredClone(dry) as {nodes: Array<{decisions: Array<Record<string, unknown>>}>}
+    const removal = outcome.nodes[0]!.decisions.find((d) => d.outcome === 'would-remove')!
+    removal.outcome = 'removed'
+    rejects('prune', outcome, /outcome|allowed values/)
+    // inspect previews prune: it never says an entry was removed.
+    const inspected = structuredClone(inspect)
+    inspected.nodes[0]!.entries[0]!.prune = {outcome: 'removed', reason: 'unused and old enough'}
+    rejects('inspect', inspected, /outcome|allowed values/)
+    // A usage error that oclif's parser finds is an error report like ours: exit 2, no internals.
+    for (const argv of [
+      ['prune', '--json', '--bogus'],
+      ['inspect', '--json', '--concurrency', '0'],
+      ['prune', '--json', '--log-format', 'xml'],
+    ]) {
+      const usage = await runCli(argv)
+      expect(usage.exitCode, argv.join(' ')).toBe(2)
+      expect(usage.json, argv.join(' ')).toMatchObject({error: {code: 'USAGE'}, status: 2})
+      expect(usage.stdout.length, argv.join(' ')).toBeLessThan(2000)
+    }
+
+    // And the real thing passes.
+    expect(() => assertJsonSchema('prune', dry)).not.toThrow()
+    expect(() => assertJsonSchema('inspect', inspect)).not.toThrow()
   })
 })

@@ -3,6 +3,8 @@ import {execa, type Result, type ResultPromise} from 'execa'
 import {fileURLToPath} from 'node:url'
 import {onTestFinished} from 'vitest'
 
+import {assertJsonSchema, jsonCommandOf} from './json-schema.js'
+
 export const BIN = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 
 /**
@@ -18,6 +20,26 @@ export interface CliResult {
   json?: unknown
   stderr: string
   stdout: string
+}
+
+/**
+ * Every --json output a test sees is checked against its command's published schema
+ * (json-schema.ts): a field renamed, added without its type, or claiming what the run did not do
+ * fails the test that printed it. Empty stdout (a run killed before it printed) is left to the test.
+ */
+function checkJson(stdout: string, args: string[], env: Record<string, string> | undefined): unknown {
+  const command = jsonCommandOf(args, env)
+  let json: unknown
+  try {
+    json = JSON.parse(stdout)
+  } catch {
+    if (command && stdout.trim() !== '')
+      throw new Error(`imgcache ${args.join(' ')} printed no JSON on stdout:\n${stdout}`)
+    return undefined
+  }
+
+  if (command) assertJsonSchema(command, json)
+  return json
 }
 
 /** Throws when the watchdog killed the run: the test fails as a hang, naming the command and its last words. */
@@ -56,19 +78,13 @@ export async function runCli(
     timeout: timeoutMs,
   })
   checkHang(result, args, timeoutMs)
-  let json: unknown
-  try {
-    json = JSON.parse(result.stdout)
-  } catch {
-    json = undefined
-  }
-
+  const json = checkJson(result.stdout, args, options.env)
   return {exitCode: result.exitCode ?? -1, json, stderr: result.stderr, stdout: result.stdout}
 }
 
 /**
  * The CLI as a child the test does not await at once (to kill a service under it, or send Ctrl-C),
- * killed when the test ends. `detached` gives it a process group of its own, which is what a
+ * killed when the test ends; its --json output is checked against the schema as runCli's is. `detached` gives it a process group of its own, which is what a
  * terminal's Ctrl-C reaches. Awaiting it applies the watchdog, so no `await child` can hang a test.
  */
 export function spawnCli(
@@ -93,6 +109,7 @@ export function spawnCli(
   child.then = ((onFulfilled, onRejected) =>
     then((result) => {
       checkHang(result, args, timeoutMs)
+      checkJson(String(result.stdout ?? ''), args, options.env)
       return result
     }).then(onFulfilled, onRejected)) as typeof child.then
   return child

@@ -116,7 +116,7 @@ describe('an SSH node runs the same operations as the local host', () => {
         usedVia: ['boot'],
         users: ['u3 (instance-00000001)'],
       })
-      expect(row(sha1('aki-lookalike'))).toMatchObject({prune: {outcome: 'removed'}, users: []})
+      expect(row(sha1('aki-lookalike'))).toMatchObject({prune: {outcome: 'would-remove'}, users: []})
     } finally {
       await remote.close()
       await local.close()

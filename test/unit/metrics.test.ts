@@ -1,5 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
+import {spacePreview} from '../../src/lib/prune-space.js'
 import {formatMetrics, previousSuccess} from '../../src/lib/report/metrics.js'
 
 describe('Prometheus text for prune', () => {
@@ -7,7 +8,7 @@ describe('Prometheus text for prune', () => {
     cacheDir: '/i/_base',
     cacheDirExists: true,
     decisions: [],
-    dryRun: false,
+    dryRun: false as const,
     errors: 0,
     guard: [],
     instancesPath: '/i',
@@ -30,6 +31,28 @@ describe('Prometheus text for prune', () => {
     expect(text).toContain(String.raw`imgcache_prune_reclaimed_bytes{node="cmp-\"01\""} 2048`)
     expect(text).toContain(String.raw`imgcache_prune_last_success_timestamp_seconds{node="cmp-\"01\""} 1700000000`)
     expect(text.endsWith('\n')).toBe(true)
+  })
+
+  it('a dry run removed nothing and is no successful prune: zeros, and the previous last-success time', () => {
+    const previous = previousSuccess('imgcache_prune_last_success_timestamp_seconds{node="cmp-03"} 1600000000\n')
+    const dry = {
+      ...result,
+      decisions: [],
+      dryRun: true as const,
+      node: 'cmp-03',
+      wouldReclaimBytes: 2048,
+      wouldRemove: 2,
+      wouldTouch: 1,
+    }
+    const text = formatMetrics(
+      [{after: {bytes: 10, entries: {original: 3}}, failed: false, node: dry.node, result: dry}],
+      1_700_000_000,
+      previous,
+    )
+    expect(text).toContain('imgcache_prune_removed_entries{node="cmp-03"} 0')
+    expect(text).toContain('imgcache_prune_reclaimed_bytes{node="cmp-03"} 0')
+    expect(text).toContain('imgcache_prune_last_success_timestamp_seconds{node="cmp-03"} 1600000000')
+    expect(text).toContain('imgcache_prune_last_run_timestamp_seconds{node="cmp-03"} 1700000000')
   })
 
   it('a failed node keeps its previous last-success time and counts an error', () => {
@@ -61,7 +84,13 @@ describe('Prometheus text for prune', () => {
       'imgcache_prune_space_target_reached{node="cmp-03",reason="none"} 1',
     )
     // A dry run leaves the disk as it was: no space series.
-    const dry = formatMetrics([{failed: false, node: 'cmp-03', result: {...run, dryRun: true}}], 1, new Map())
+    const {reclaimedBytes, removed, sidecarsRemoved, touched, ...fields} = run
+    const preview = {...fields, decisions: [], dryRun: true as const, space: spacePreview(space)}
+    const dry = formatMetrics(
+      [{failed: false, node: 'cmp-03', result: {...preview, wouldReclaimBytes: 10, wouldRemove: 1, wouldTouch: 0}}],
+      1,
+      new Map(),
+    )
     expect(dry).not.toContain('imgcache_prune_space_')
     // No target, no space series.
     expect(formatMetrics([{failed: false, node: 'x', result}], 1, new Map())).not.toContain('imgcache_prune_space_')

@@ -126,12 +126,10 @@ describe('the log line of a base the re-check found in use', () => {
 
   it('is shown by default and says why the base was kept, unlike an ordinary in-use base', () => {
     expect(decisionLevel(decision)).toBe('info')
-    expect(decisionText('local', decision, false)).toBe(
+    expect(decisionText('local', decision)).toBe(
       `local: touched ${CACHE}/${A}: in use by vm-new (a disk made since the scan uses it, found when re-checked under the lock)`,
     )
     expect(decisionLevel({...decision, reason: IN_USE})).toBe('verbose')
-    expect(decisionText('local', {...decision, reason: IN_USE}, false)).toBe(
-      `local: touched ${CACHE}/${A}: in use by vm-new`,
-    )
+    expect(decisionText('local', {...decision, reason: IN_USE})).toBe(`local: touched ${CACHE}/${A}: in use by vm-new`)
   })
 })

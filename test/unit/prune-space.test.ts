@@ -236,21 +236,24 @@ describe('removals for space: the candidates, and the same re-check under the lo
 
   function decide(a: NodeAnalysis) {
     const decisions = new Map(
-      a.plan.map((i): [string, PruneDecision] => [
-        i.name,
-        {
-          ageSeconds: i.ageSeconds,
-          bytes: i.entry.allocated,
-          kind: i.kind,
-          name: i.name,
-          outcome: pruneVerdict(i, false).outcome,
-          path: `${CACHE}/${i.name}`,
-          reason: '',
-          touched: false,
-        },
-      ]),
+      a.plan.map((i): [string, PruneDecision] => {
+        const {outcome} = pruneVerdict(i, false)
+        return [
+          i.name,
+          {
+            ageSeconds: i.ageSeconds,
+            bytes: i.entry.allocated,
+            kind: i.kind,
+            name: i.name,
+            outcome: outcome === 'would-remove' ? 'removed' : outcome,
+            path: `${CACHE}/${i.name}`,
+            reason: '',
+            touched: false,
+          },
+        ]
+      }),
     )
-    return {decisions, items: chooseSpaceRemovals(a, decisions, false)}
+    return {decisions, items: chooseSpaceRemovals(a, decisions, false, 'removed')}
   }
 
   it('only unused regular files that are cache entries by Nova: never in use, a link, a temporary or another file', () => {
@@ -267,9 +270,11 @@ describe('removals for space: the candidates, and the same re-check under the lo
 
   it('nothing when an instance disk could not be read (the guard) or removal is off', () => {
     const a = analysis()
-    expect(chooseSpaceRemovals(a, decide(a).decisions, true)).toEqual([])
+    expect(chooseSpaceRemovals(a, decide(a).decisions, true, 'removed')).toEqual([])
     const off = {...a, settings: {...a.settings, policy: {...NOVA_POLICY_DEFAULTS, removeUnused: false}}}
-    expect(chooseSpaceRemovals(off as NodeAnalysis, decide(off as NodeAnalysis).decisions, false)).toEqual([])
+    expect(chooseSpaceRemovals(off as NodeAnalysis, decide(off as NodeAnalysis).decisions, false, 'removed')).toEqual(
+      [],
+    )
   })
 
   it('the report says why a target was not reached', () => {

@@ -8,7 +8,10 @@ import {parseSidecar} from '../sidecar.js'
 
 export interface ExistingEntry {
   bytes: number
-  converted: boolean
+  /** Checking an entry converts nothing. */
+  converted: false
+  /** Whether the run that cached it converted it to raw (what the cached file is, not what this run did). */
+  convertedWhenCached: boolean
   downloadedBytes: 0
   format: string
 }
@@ -82,8 +85,9 @@ export async function checkExisting(
   await node.touch([paths.final])
   return {
     bytes: entry.size,
+    converted: false,
     // An ISO or a partitioned disk declared raw is cached as it came: raw to qemu, not converted.
-    converted:
+    convertedWhenCached:
       sidecar?.format !== undefined && sidecar.sourceFormat !== undefined
         ? qemuFormatName(sidecar.sourceFormat) !== sidecar.format
         : false,

@@ -40,7 +40,10 @@ export interface FetchOptions {
 export interface FetchResult {
   /** Bytes of the cached file. */
   bytes: number
+  /** Whether this run converted the download to raw (false for an existing entry). */
   converted: boolean
+  /** Existing entries only: whether the run that cached it converted it to raw. */
+  convertedWhenCached?: boolean
   /** Bytes that moved over the network in this run. */
   downloadedBytes: number
   durationMs: number

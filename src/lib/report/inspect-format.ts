@@ -7,12 +7,6 @@ import {renderTable} from './table.js'
 function pruneColumn(entry: InspectEntry, now: number): string {
   const {outcome, removableAt} = entry.prune
   switch (outcome) {
-    case 'error':
-    case 'locked':
-    case 'rechecked': {
-      return outcome
-    }
-
     case 'guarded': {
       return 'keep (guard)'
     }
@@ -29,12 +23,12 @@ function pruneColumn(entry: InspectEntry, now: number): string {
       return 'keep (removal off)'
     }
 
-    case 'removed': {
-      return 'remove now'
-    }
-
     case 'too-young': {
       return removableAt ? `removable in ${formatDuration((Date.parse(removableAt) - now) / 1000)}` : 'keep (too young)'
+    }
+
+    case 'would-remove': {
+      return 'remove now'
     }
   }
 }

@@ -13,10 +13,10 @@ const METRICS = {
   lastSuccess: [
     'imgcache_prune_last_success_timestamp_seconds',
     'gauge',
-    'When a prune run last ended without errors.',
+    'When a prune run (not a dry run) last ended without errors.',
   ],
-  reclaimed: ['imgcache_prune_reclaimed_bytes', 'gauge', 'Bytes freed by the last prune run.'],
-  removed: ['imgcache_prune_removed_entries', 'gauge', 'Entries removed by the last prune run.'],
+  reclaimed: ['imgcache_prune_reclaimed_bytes', 'gauge', 'Bytes freed by the last prune run (0 for a dry run).'],
+  removed: ['imgcache_prune_removed_entries', 'gauge', 'Entries removed by the last prune run (0 for a dry run).'],
   spaceFree: [
     'imgcache_prune_space_free_bytes',
     'gauge',
@@ -124,7 +124,8 @@ export function formatMetrics(nodes: NodeMetrics[], nowSeconds: number, previous
     nodes
       .map((n): [Record<string, string>, number | undefined] => [
         {node: n.node},
-        n.failed || (n.result?.errors ?? 0) > 0 ? previous.get(n.node) : nowSeconds,
+        // A dry run changed nothing: it is no successful prune, whatever it found.
+        n.failed || (n.result?.errors ?? 0) > 0 || n.result?.dryRun ? previous.get(n.node) : nowSeconds,
       ])
       .filter((s): s is [Record<string, string>, number] => s[1] !== undefined),
   )

@@ -1,5 +1,5 @@
-import type {SpaceReport, Tally} from '../prune-space.js'
-import type {PruneDecision, PruneResult} from '../prune.js'
+import type {SpacePreview, SpaceReport, Tally} from '../prune-space.js'
+import type {PruneDecision, PrunePreview, PruneResult} from '../prune.js'
 
 import {formatBytes, formatDuration} from '../duration.js'
 import {IN_USE} from '../prune.js'
@@ -7,16 +7,22 @@ import {IN_USE} from '../prune.js'
 export type LogLevel = 'error' | 'info' | 'verbose' | 'warn'
 
 /** How loud a decision is: actions and trouble by default, every decision with --verbose. */
-export function decisionLevel(d: PruneDecision): LogLevel {
+export function decisionLevel(d: PruneDecision | PrunePreview): LogLevel {
   if (d.outcome === 'error') return 'error'
   if (d.outcome === 'guarded' || d.outcome === 'locked') return 'warn'
   // A base found in use only by the re-check under its lock: a disk was made over it meanwhile.
-  if (d.outcome === 'removed' || (d.outcome === 'in-use' && d.reason !== IN_USE)) return 'info'
+  if (d.outcome === 'removed' || d.outcome === 'would-remove' || (d.outcome === 'in-use' && d.reason !== IN_USE))
+    return 'info'
   return 'verbose'
 }
 
-/** One log line for a decision, in Nova's words where Nova has them. */
-export function decisionText(node: string, d: PruneDecision, dryRun: boolean): string {
+/** Whether a decision refreshed its entry's mtime, or (a dry run's preview) would. */
+export function touchOf(d: PruneDecision | PrunePreview): {touched: boolean} | {wouldTouch: boolean} {
+  return 'wouldTouch' in d ? {wouldTouch: d.wouldTouch} : {touched: d.touched}
+}
+
+/** One log line for a decision (a dry run's is a preview), in Nova's words where Nova has them. */
+export function decisionText(node: string, d: PruneDecision | PrunePreview): string {
   const prefix = `${node}: `
   switch (d.outcome) {
     case 'error': {
@@ -32,7 +38,8 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
     }
 
     case 'in-use': {
-      return `${prefix}${d.touched ? (dryRun ? 'would touch' : 'touched') : 'kept'} ${d.path}: in use by ${(d.users ?? []).join(', ')}${d.reason === IN_USE ? '' : ` (${d.reason})`}`
+      const verb = 'wouldTouch' in d ? (d.wouldTouch ? 'would touch' : 'kept') : d.touched ? 'touched' : 'kept'
+      return `${prefix}${verb} ${d.path}: in use by ${(d.users ?? []).join(', ')}${d.reason === IN_USE ? '' : ` (${d.reason})`}`
     }
 
     case 'locked': {
@@ -47,9 +54,10 @@ export function decisionText(node: string, d: PruneDecision, dryRun: boolean): s
       return `${prefix}kept ${d.path}: ${d.reason}`
     }
 
-    case 'removed': {
-      const verb = dryRun ? 'would remove' : 'removed'
-      return `${prefix}${verb} ${d.kind === 'temporary' ? 'stale temporary' : d.kind} ${d.path} (${formatBytes(d.bytes)}, unused for ${formatDuration(d.ageSeconds)})${d.kind === 'temporary' ? `: ${d.reason}` : ''}${d.space ? spaceStep(d.space, dryRun) : ''}`
+    case 'removed':
+    case 'would-remove': {
+      const verb = d.outcome === 'would-remove' ? 'would remove' : 'removed'
+      return `${prefix}${verb} ${d.kind === 'temporary' ? 'stale temporary' : d.kind} ${d.path} (${formatBytes(d.bytes)}, unused for ${formatDuration(d.ageSeconds)})${d.kind === 'temporary' ? `: ${d.reason}` : ''}${d.space ? spaceStep(d.space, d.outcome === 'would-remove') : ''}`
     }
 
     case 'too-young': {
@@ -67,8 +75,8 @@ export function pruneSummary(r: PruneResult, options: {person?: boolean} = {}): 
   const run = `${r.node}: prune ${r.dryRun ? '(dry run) ' : ''}`
   if (!r.cacheDirExists) return options.person ? `${run}no cache dir at ${r.cacheDir}: nothing to do` : ''
   const parts: string[] = []
-  if (r.removed > 0)
-    parts.push(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed} (${formatBytes(r.reclaimedBytes)})`)
+  const [removed, bytes] = r.dryRun ? [r.wouldRemove, r.wouldReclaimBytes] : [r.removed, r.reclaimedBytes]
+  if (removed > 0) parts.push(`${r.dryRun ? 'would remove' : 'removed'} ${removed} (${formatBytes(bytes)})`)
   if (r.errors > 0) parts.push(`${r.errors} error${r.errors === 1 ? '' : 's'}`)
   const locked = r.decisions.filter((d) => d.outcome === 'locked').length
   if (locked > 0) parts.push(`${locked} skipped (locked)`)
@@ -138,8 +146,8 @@ function shortfallText(space: SpaceReport): string {
  * exit 0), an info line when entries were removed for it, a verbose one when it was met already.
  */
 export function spaceLine(r: PruneResult): undefined | {level: LogLevel; text: string} {
-  const {space} = r
-  if (!space) return undefined
+  if (!r.space) return undefined
+  const space = r.dryRun ? asReport(r.space) : r.space
   const {after, target} = space
   const asked = [
     target.keepFreeBytes === undefined
@@ -152,7 +160,11 @@ export function spaceLine(r: PruneResult): undefined | {level: LogLevel; text: s
     .filter(Boolean)
     .join('; ')
   const run = `${r.node}: ${r.dryRun ? '(dry run) ' : ''}`
-  if (!space.reached) return {level: 'warn', text: `${run}space target not reached: ${asked}: ${shortfallText(space)}`}
+  if (!space.reached)
+    return {
+      level: 'warn',
+      text: `${run}space target ${r.dryRun ? 'would not be' : 'not'} reached: ${asked}: ${shortfallText(space)}`,
+    }
   if (space.removed > 0) {
     return {
       level: 'info',
@@ -161,4 +173,10 @@ export function spaceLine(r: PruneResult): undefined | {level: LogLevel; text: s
   }
 
   return {level: 'verbose', text: `${run}space target met: ${asked}`}
+}
+
+/** A dry run's space figures read as the report they project (for the wording above, which says "would"). */
+function asReport(preview: SpacePreview): SpaceReport {
+  const {wouldLeave, wouldReach, wouldReclaimBytes, wouldRemove, ...rest} = preview
+  return {...rest, after: wouldLeave, reached: wouldReach, reclaimedBytes: wouldReclaimBytes, removed: wouldRemove}
 }
