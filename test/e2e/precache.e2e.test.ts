@@ -11,7 +11,7 @@ import type {PrecacheReport} from '../../src/commands/precache.js'
 import type {ItemResult} from '../../src/lib/populate.js'
 
 import {shellCommand} from '../../src/lib/node/quote.js'
-import {sha1} from '../fixtures/nova-host.js'
+import {imageUuid, sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, flat, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
@@ -312,7 +312,7 @@ function ghostNode(port: number): Record<string, number | string> {
 /** Serve `data` at /<name> from the fixture server, and return the alias the config names it by. */
 function slowAlias(name: string, data: Buffer, rate: number) {
   server.serve(`/${name}`, {data, rate})
-  return {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', id: `id-${name}`, url: server.url(`/${name}`)}
+  return {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', id: imageUuid(name), url: server.url(`/${name}`)}
 }
 
 beforeAll(async () => {
@@ -649,17 +649,17 @@ describe('imgcache precache', () => {
     const elapsed = Date.now() - started
     expect(result.exitCode, result.stderr).toBe(3)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(item(report, 'node1', 'id-e2e-stall')).toMatchObject({status: 'cached'})
-    expect(item(report, 'node2', 'id-e2e-stall')).toMatchObject({code: 'NODE_STALLED', status: 'error'})
-    expect(item(report, 'node2', 'id-e2e-stall')?.message).toContain(
-      'node2 stopped reading image e2e-stall (id-e2e-stall) for 3 s',
+    expect(item(report, 'node1', imageUuid('e2e-stall'))).toMatchObject({status: 'cached'})
+    expect(item(report, 'node2', imageUuid('e2e-stall'))).toMatchObject({code: 'NODE_STALLED', status: 'error'})
+    expect(item(report, 'node2', imageUuid('e2e-stall'))?.message).toContain(
+      `node2 stopped reading image e2e-stall (${imageUuid('e2e-stall')}) for 3 s`,
     )
     // Cut off in seconds, not after the attempt timeout (30 min by default).
     expect(elapsed).toBeLessThan(60_000)
-    expect(await fileSha256(onNode(fleet.node('node1'), sub).final('id-e2e-stall'))).toBe(sha256(data))
+    expect(await fileSha256(onNode(fleet.node('node1'), sub).final(imageUuid('e2e-stall')))).toBe(sha256(data))
     const at = onNode(stuck, sub)
     expect(await contents(at.cacheDir)).toEqual([])
-    expect(await osloSees(at.lock('id-e2e-stall'))).toBe('FREE')
+    expect(await osloSees(at.lock(imageUuid('e2e-stall')))).toBe('FREE')
     expect(await contents(spoolDir())).toEqual([])
   })
 
