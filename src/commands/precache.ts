@@ -11,7 +11,7 @@ import {resolveImages} from '../lib/images.js'
 import {findAggregate, selectNodes} from '../lib/nodes.js'
 import {type ItemResult} from '../lib/populate.js'
 import {type NodeSummary, precache, type Via} from '../lib/precache.js'
-import {formatItems, itemsExit, type ItemTotals, totalsLine, totalsOf} from '../lib/report/items.js'
+import {formatItems, itemsExit, type ItemTotals, plural, totalsLine, totalsOf} from '../lib/report/items.js'
 import {chooseRenderer} from '../lib/ui/renderer.js'
 import {createView} from '../lib/ui/views.js'
 
@@ -162,13 +162,18 @@ Everything a single populate guarantees holds on every node: verified, inspected
       via,
     }
     if (!this.jsonEnabled()) {
-      this.log(formatItems(result.items))
+      // The tally once, in the closing line (it used to follow the table and close the report too).
+      const reads = result.originReads ?? 0
       this.log(
-        `Image pre-cache of ${images.length} image(s) on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}; ${totalsLine(report.totals)}${via === 'relay' ? `; the image service was read ${result.originReads} time(s)` : ''}`,
+        formatItems(
+          result.items,
+          `Image pre-cache of ${plural(images.length, 'image')} on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}: ${totalsLine(result.items)}${via === 'relay' ? `; the image service was read ${plural(reads, 'time')}` : ''}`,
+        ),
       )
       for (const image of report.images) {
         const failed = result.items.filter((i) => i.image.id === image.id && i.status === 'error').length
-        if (failed > 0) this.logToStderr(`warning: image ${image.name ?? image.ref} failed ${failed} time(s)`)
+        if (failed > 0)
+          this.logToStderr(`warning: image ${image.name ?? image.ref} failed on ${plural(failed, 'node')}`)
       }
     }
 

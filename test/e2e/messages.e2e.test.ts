@@ -4,14 +4,15 @@
  */
 import {execa} from 'execa'
 import {createHash} from 'node:crypto'
-import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {imageUuid, sha1} from '../fixtures/nova-host.js'
-import {flat, runCli} from '../helpers/cli.js'
+import {BIN, flat, runCli} from '../helpers/cli.js'
 import {contents, exists} from '../helpers/files.js'
+import {holdOsloLock} from '../helpers/oslo-lock.js'
 
 let work: string
 let image: string
@@ -95,5 +96,88 @@ describe('image ids given as ids are Glance image ids (UUIDs)', () => {
     expect(flat(result.stderr)).toContain(`invalid configuration in ${config}`)
     expect(flat(result.stderr)).toContain('images.cirros.id: "cirros-0.6" is not a Glance image id')
     expect(await exists(root)).toBe(false)
+  })
+})
+
+/** A config with one aggregate `web` of local nodes, each with its own instances path. */
+async function aggregate(count: number): Promise<{config: string; roots: string[]}> {
+  const roots = Array.from({length: count}, () => instancesPath())
+  const nodes = roots.map((root, n) => `  cmp-${n + 1}: {local: true, instancesPath: ${root}}`)
+  const names = roots.map((_, n) => `cmp-${n + 1}`).join(', ')
+  return {config: await writeConfig(`nodes:\n${nodes.join('\n')}\naggregates:\n  web: {nodes: [${names}]}\n`), roots}
+}
+
+/** A tally line, in the words of today or of before (the count of lines that carry one). */
+const TALLY = /\d+ of \d+ node-image pairs? |\d+ cached, \d+ existing, /
+
+describe('precache closes with one summary', () => {
+  it('on a pipe: the tally is in the closing line only, counted as node-image pairs', async () => {
+    const {config} = await aggregate(2)
+    const args = [
+      'precache',
+      '--aggregate',
+      'web',
+      image,
+      '--image-id',
+      imageUuid('one-summary'),
+      '--checksum',
+      checksum,
+    ]
+    const result = await runCli([...args, '--config', config])
+    expect(result.exitCode, result.stderr).toBe(0)
+    const tallies = result.stdout.split('\n').filter((line) => TALLY.test(line))
+    expect(tallies).toEqual([
+      expect.stringMatching(
+        /^Image pre-cache of 1 image on aggregate web completed in \S+: 2 of 2 node-image pairs cached$/,
+      ),
+    ])
+    expect(result.stderr.split('\n').filter((line) => TALLY.test(line))).toEqual([])
+  })
+
+  it('on a terminal (script gives it a pseudo-terminal): one summary too', async () => {
+    const {config} = await aggregate(2)
+    const args = [
+      'precache',
+      '--aggregate',
+      'web',
+      image,
+      '--image-id',
+      imageUuid('one-summary-tty'),
+      '--checksum',
+      checksum,
+    ]
+    const command = ['node', BIN, ...args, '--config', config].map((a) => `'${a}'`).join(' ')
+    const result = await execa('script', ['-qec', `stty cols 120 rows 40; ${command}`, '/dev/null'], {
+      env: {IMGCACHE_CONFIG: '', NO_COLOR: '1'},
+      reject: false,
+      timeout: 100_000,
+    })
+    expect(result.exitCode, result.stdout).toBe(0)
+    // eslint-disable-next-line no-control-regex
+    const text = result.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')
+    expect(text.split(/\r?\n/).filter((line) => TALLY.test(line))).toHaveLength(1)
+    expect(text).toContain(': 2 of 2 node-image pairs cached')
+  })
+})
+
+describe('a lock held by nova-compute', () => {
+  it('precache with retries names the lock path once on stderr (and once in the table)', async () => {
+    const {config, roots} = await aggregate(1)
+    const id = imageUuid('locked')
+    await mkdir(join(roots[0]!, 'locks'), {recursive: true})
+    const holder = await holdOsloLock(join(roots[0]!, 'locks'), sha1(id))
+    try {
+      const args = ['precache', '--aggregate', 'web', image, '--image-id', id, '--checksum', checksum]
+      const result = await runCli([...args, '--lock-timeout', '1', '--config', config])
+      expect(result.exitCode).toBe(1)
+      const lock = join(roots[0]!, 'locks', `nova-${sha1(id)}`)
+      expect(result.stderr.split(lock)).toHaveLength(2)
+      expect(result.stdout.split(lock)).toHaveLength(2)
+      expect(result.stderr).toContain('failed the same way again; retrying in 2s')
+      expect(result.stderr).toContain('warning: image ')
+      expect(result.stderr).toContain(' failed on 1 node')
+    } finally {
+      await holder.release()
+    }
   })
 })

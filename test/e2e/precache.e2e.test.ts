@@ -447,11 +447,11 @@ describe('imgcache precache', () => {
           expect(second.stdout).toMatch(new RegExp(`${node}\\s+${name}\\s+existing`))
       }
 
-      expect(second.stdout).toContain('0 cached, 6 existing, 0 errors, 0 skipped hosts')
+      expect(second.stdout).toContain(': 6 of 6 node-image pairs already cached')
       // Nothing was read from Glance for images every node already had.
       expect(await glanceDownloads(qcow2.id)).toBe(before.qcow2 + reads.qcow2)
       expect(await glanceDownloads(raw.id)).toBe(before.raw + reads.raw)
-      if (via === 'relay') expect(second.stdout).toContain('the image service was read 0 time(s)')
+      if (via === 'relay') expect(second.stdout).toContain('the image service was read 0 times')
     },
   )
 
@@ -570,7 +570,7 @@ describe('imgcache precache', () => {
     const again = await precache(configFile, ['--aggregate', 'web', '--retries', '0'])
     expect(again.exitCode).toBe(3)
     expect(again.stdout).toMatch(/ghost\s+e2e-raw\s+skipped/)
-    expect(again.stdout).toContain('0 cached, 2 existing, 0 errors, 1 skipped hosts')
+    expect(again.stdout).toContain(': 2 of 3 node-image pairs already cached, 1 skipped (1 node unreachable)')
   })
 
   it('relay: sshd killed on one node mid-transfer, --retries 0: that node ends error, the others are cached; a populate once it is back resumes', async () => {
@@ -786,7 +786,7 @@ describe('imgcache precache', () => {
     expect(result.exitCode).toBe(130)
     for (const node of FLEET)
       expect(result.stdout).toMatch(new RegExp(`${node}\\s+slow-int-relay\\s+error\\s.*interrupted by SIGINT`))
-    expect(result.stdout).toContain('0 cached, 0 existing, 3 errors, 0 skipped hosts')
+    expect(result.stdout).toContain(': 3 of 3 node-image pairs failed')
     expect(String(result.stderr)).toContain('SIGINT received: stopping, removing temporaries and releasing locks')
     for (const node of fleet.nodes) {
       const at = onNode(node, sub)
@@ -813,7 +813,7 @@ describe('imgcache precache', () => {
       expect(mine.at(-1)).toMatch(new RegExp(`${node}: done$`))
     }
 
-    expect(lines.stdout).toContain('3 cached, 0 existing, 0 errors, 0 skipped hosts')
+    expect(lines.stdout).toContain(': 3 of 3 node-image pairs cached')
 
     const json = await precache(configFile, ['--aggregate', 'web', '--json', '--force'])
     expect(json.exitCode).toBe(0)
@@ -823,7 +823,7 @@ describe('imgcache precache', () => {
     const quiet = await precache(configFile, ['--aggregate', 'web', '--quiet'])
     expect(quiet.exitCode).toBe(0)
     expect(quiet.stderr).toBe('')
-    expect(quiet.stdout).toContain('0 cached, 3 existing, 0 errors, 0 skipped hosts')
+    expect(quiet.stdout).toContain(': 3 of 3 node-image pairs already cached')
   })
 
   it('on a terminal: listr2 draws a task per node with its images under it, each with its outcome', async () => {
@@ -891,7 +891,7 @@ describe('imgcache precache', () => {
       expect(samples).toBeGreaterThan(20)
       expect([...seen].sort()).toEqual(via === 'node' ? ['agent', 'curl', 'ssh', 'sshd'] : ['agent', 'ssh', 'sshd'])
       expect(result.exitCode).toBe(0)
-      expect(result.stdout).toContain('2 cached, 0 existing, 0 errors, 0 skipped hosts')
+      expect(result.stdout).toContain(': 2 of 2 node-image pairs cached')
       for (const node of nodes) {
         expect(await fileSha256(onNode(node, sub).final(secretImage.id))).toBe(sha256(secretContent))
       }
