@@ -9,7 +9,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {imageUuid, sha1} from '../fixtures/nova-host.js'
+import {DAY, HOUR, imageUuid, makeNovaHost, sha1} from '../fixtures/nova-host.js'
 import {BIN, flat, runCli} from '../helpers/cli.js'
 import {contents, exists} from '../helpers/files.js'
 import {holdOsloLock} from '../helpers/oslo-lock.js'
@@ -179,5 +179,114 @@ describe('a lock held by nova-compute', () => {
     } finally {
       await holder.release()
     }
+  })
+})
+
+describe('inspect: the columns and hints say what they are about', () => {
+  it('names its size columns ON DISK and VIRTUAL SIZE; populate names its FILE SIZE', async () => {
+    const host = await makeNovaHost(join(work, 'columns'), {bases: [{age: DAY, imageId: imageUuid('sparse')}]})
+    const result = await runCli(['inspect', '--instances-path', host.instancesPath, '--domain-xml-dir', work])
+    expect(result.exitCode, result.stderr).toBe(0)
+    expect(result.stdout).toMatch(/^NAME\s+KIND\s+IMAGE\s+ON DISK\s+VIRTUAL SIZE\s+FORMAT\s/m)
+    // A sparse raw base: what it takes on disk, then its full size as a disk.
+    expect(result.stdout).toMatch(
+      new RegExp(`${sha1(imageUuid('sparse'))}\\s+original\\s+-\\s+\\S+ \\S+\\s+16\\.0 MiB\\s+raw`),
+    )
+
+    const root = instancesPath()
+    const populate = await runCli([
+      'populate',
+      image,
+      '--image-id',
+      imageUuid('sized'),
+      '--checksum',
+      checksum,
+      '--instances-path',
+      root,
+    ])
+    expect(populate.exitCode, populate.stderr).toBe(0)
+    expect(populate.stdout).toMatch(/^NODE\s+IMAGE\s+STATUS\s+FILE SIZE\s+TIME\s+DETAIL$/m)
+  })
+
+  it('the "remove and re-populate" hint is shown for an unsound base prune keeps, not for a stale .part prune removes', async () => {
+    const part = {age: 2 * DAY, content: 'half a download', name: `${sha1(imageUuid('stale'))}.part`}
+    const onlyPart = await makeNovaHost(join(work, 'stale-part'), {files: [part]})
+    const stale = await runCli(['inspect', '--instances-path', onlyPart.instancesPath, '--domain-xml-dir', work])
+    expect(stale.exitCode, stale.stderr).toBe(0)
+    expect(stale.stdout).toMatch(/\.part\s+partial\s.*remove now\s+NO: incomplete/)
+    expect(stale.stdout).not.toContain('re-populate')
+
+    const empty = {age: HOUR, content: '', imageId: imageUuid('empty')}
+    const both = await makeNovaHost(join(work, 'empty-base'), {bases: [empty], files: [part]})
+    const kept = await runCli(['inspect', '--instances-path', both.instancesPath, '--domain-xml-dir', work])
+    expect(kept.stdout).toContain(
+      '→ 1 unsound file that prune will not remove: see the SOUND column; remove and re-populate it once unused.',
+    )
+  })
+})
+
+/** overlay of the test image onto DEST, for instances path `root`. */
+function overlay(root: string, dest: string, extra: string[] = []) {
+  return runCli([
+    'overlay',
+    image,
+    dest,
+    '--image-id',
+    imageUuid('overlay'),
+    '--checksum',
+    checksum,
+    '--instances-path',
+    root,
+    ...extra,
+  ])
+}
+
+describe('overlay IMAGE DEST: DEST is checked first; a later failure says the base stays cached', () => {
+  it("DEST's directory missing: exit 2 naming it, nothing fetched", async () => {
+    const root = instancesPath()
+    const result = await overlay(root, join(work, 'no-such-vm', 'disk'))
+    expect(result.exitCode).toBe(2)
+    expect(flat(result.stderr)).toContain(
+      `the directory of ${join(work, 'no-such-vm', 'disk')} does not exist on local`,
+    )
+    expect(await exists(root)).toBe(false)
+  })
+
+  it("DEST's directory on a read-only file system: exit 2 naming it, nothing fetched", async () => {
+    const readOnly = join(work, 'read-only')
+    await mkdir(readOnly)
+    await execa('mount', ['--bind', '-o', 'ro', readOnly, readOnly])
+    try {
+      const root = instancesPath()
+      const result = await overlay(root, join(readOnly, 'disk'))
+      expect(result.exitCode).toBe(2)
+      expect(flat(result.stderr)).toContain(`the directory of the overlay, ${readOnly}, cannot be written on local`)
+      expect(flat(result.stderr)).toContain('nothing was fetched')
+      expect(await exists(root)).toBe(false)
+    } finally {
+      await execa('umount', [readOnly])
+    }
+  })
+
+  it('a step after the fetch fails: the error says the base is now cached, and where; the next run says it stays', async () => {
+    const root = instancesPath()
+    const vm = join(root, 'vm-1')
+    await mkdir(vm, {recursive: true})
+    const base = join(root, '_base', sha1(imageUuid('overlay')))
+    const first = await overlay(root, join(vm, 'disk'), ['--size', '1M'])
+    expect(first.exitCode).toBe(2)
+    const said = flat(first.stderr)
+    expect(said).toContain('--size 1.0 MiB is smaller than image')
+    expect(said).toContain(
+      `no disk was made, but image ${imageUuid('overlay')} was fetched and is now cached at ${base} on local`,
+    )
+    expect(await exists(base)).toBe(true)
+    expect(await exists(join(vm, 'disk'))).toBe(false)
+
+    const again = await overlay(root, join(vm, 'disk'), ['--size', '1M'])
+    expect(again.exitCode).toBe(2)
+    expect(flat(again.stderr)).toContain(
+      `no disk was made; image ${imageUuid('overlay')} stays cached at ${base} on local`,
+    )
   })
 })

@@ -94,7 +94,8 @@ function label(item: ItemResult): string {
 
 /**
  * The per-node, per-image report table, its tally (or `summary`, a line that includes it), then what
- * to do about each failure.
+ * to do about each failure. FILE SIZE is the cached file's length, as ls -l shows it: for a raw base
+ * its virtual size; the blocks it takes on disk are inspect's ON DISK.
  */
 export function formatItems(items: ItemResult[], summary = totalsLine(items)): string {
   const rows = items.map((i) => [
@@ -109,7 +110,7 @@ export function formatItems(items: ItemResult[], summary = totalsLine(items)): s
           .filter(Boolean)
           .join(', '),
   ])
-  const lines = [renderTable(['NODE', 'IMAGE', 'STATUS', 'SIZE', 'TIME', 'DETAIL'], rows), summary]
+  const lines = [renderTable(['NODE', 'IMAGE', 'STATUS', 'FILE SIZE', 'TIME', 'DETAIL'], rows), summary]
   const steps = new Map<string, string[]>()
   for (const i of items) {
     if (!i.nextStep) continue
