@@ -4,9 +4,10 @@
  */
 import {execa} from 'execa'
 import {createHash} from 'node:crypto'
-import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {fileURLToPath} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {DAY, HOUR, imageUuid, makeNovaHost, sha1} from '../fixtures/nova-host.js'
@@ -289,4 +290,28 @@ describe('overlay IMAGE DEST: DEST is checked first; a later failure says the ba
       `no disk was made; image ${imageUuid('overlay')} stays cached at ${base} on local`,
     )
   })
+})
+
+describe("the README's first command (the demo)", () => {
+  it('says at the start and at the end that it removes its directory, and that --keep keeps it', async () => {
+    const repo = fileURLToPath(new URL('../..', import.meta.url))
+    const tmp = join(work, 'demo-tmp')
+    await mkdir(tmp)
+    const demo = await execa(join(repo, 'node_modules', '.bin', 'tsx'), ['scripts/demo.ts'], {
+      cwd: repo,
+      env: {IMGCACHE_CONFIG: '', TMPDIR: tmp},
+      reject: false,
+      timeout: 170_000,
+    })
+    expect(demo.exitCode, demo.stderr).toBe(0)
+    // tsx keeps a cache of its own there; the demo's directory is gone.
+    expect((await readdir(tmp)).filter((name) => name.startsWith('imgcache-demo-'))).toEqual([])
+    const lines = demo.stdout.trimEnd().split('\n')
+    expect(lines.slice(0, 3).join('\n')).toMatch(
+      /^imgcache demo in (\S+)\nconfig: \S+\nremoved at the end; run the demo with --keep \(scripts\/demo\.sh --keep, npm run demo -- --keep\) to keep it$/,
+    )
+    expect(lines.at(-1)).toMatch(
+      /^removed \S+imgcache-demo-\S+; --keep \(scripts\/demo\.sh --keep\) keeps it to look around$/,
+    )
+  }, 180_000)
 })
