@@ -315,3 +315,25 @@ describe("the README's first command (the demo)", () => {
     )
   }, 180_000)
 })
+
+describe('a checksum that does not match names where it was given', () => {
+  it('--checksum for a file: the flag, the file, and no image service blamed', async () => {
+    const wrong = `sha256:${'a'.repeat(64)}`
+    const args = ['populate', image, '--image-id', imageUuid('wrong-sum'), '--checksum', wrong]
+    const result = await runCli([...args, '--instances-path', instancesPath()])
+    expect(result.exitCode).toBe(1)
+    const said = flat(result.stderr + result.stdout)
+    expect(said).toContain(`but the checksum given for it (--checksum) is ${'a'.repeat(64)}`)
+    expect(said).toContain(`Check the checksum you gave (--checksum) against the bytes of file ${image}`)
+    expect(said).not.toMatch(/alias|image service|local\/\//)
+  })
+
+  it("an alias's checksum: the config key", async () => {
+    const config = await writeConfig(
+      `images:\n  cirros: {id: ${imageUuid('wrong-alias')}, path: ${image}, checksum: "sha256:${'b'.repeat(64)}"}\n`,
+    )
+    const result = await runCli(['populate', 'cirros', '--instances-path', instancesPath(), '--config', config])
+    expect(result.exitCode).toBe(1)
+    expect(flat(result.stderr + result.stdout)).toContain('Check the checksum you gave (images.cirros.checksum)')
+  })
+})

@@ -448,9 +448,9 @@ describe('transfers that go wrong (an HTTP server in front of the bytes)', () =>
       code: 'HASH_MISMATCH',
       exitCode: 1,
       message: expect.stringContaining(
-        `sha256 of the bytes is ${sha256(other)}, but the checksum given for it (--checksum, or the alias's checksum in the config) is ${sha256(content)}`,
+        `sha256 of the bytes is ${sha256(other)}, but the checksum given for it (images.wrong-hash.checksum) is ${sha256(content)}`,
       ),
-      suggestions: [expect.stringContaining('Check the checksum you gave (--checksum')],
+      suggestions: [expect.stringContaining('Check the checksum you gave (images.wrong-hash.checksum)')],
     })
     expect(await contents(settings.cacheDir)).toEqual([])
   })
