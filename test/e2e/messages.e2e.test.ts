@@ -43,19 +43,15 @@ async function writeConfig(text: string): Promise<string> {
   return file
 }
 
+/** populate of the test image under `id` into instances path `root`. */
+function populate(id: string, root: string, extra: string[] = []) {
+  return runCli(['populate', image, '--image-id', id, '--checksum', checksum, '--instances-path', root, ...extra])
+}
+
 describe('image ids given as ids are Glance image ids (UUIDs)', () => {
   it('--image-id not-a-uuid is exit 2 naming the id and what an id looks like; nothing is created', async () => {
     const root = instancesPath()
-    const result = await runCli([
-      'populate',
-      image,
-      '--image-id',
-      'not-a-uuid',
-      '--checksum',
-      checksum,
-      '--instances-path',
-      root,
-    ])
+    const result = await populate('not-a-uuid', root)
     expect(result.exitCode).toBe(2)
     const stderr = flat(result.stderr)
     expect(stderr).toContain('--image-id: "not-a-uuid" is not a Glance image id')
@@ -68,23 +64,12 @@ describe('image ids given as ids are Glance image ids (UUIDs)', () => {
   it('a UUID is taken, and fetch.imageIds: any in the config lets any id through', async () => {
     const root = instancesPath()
     const id = imageUuid('cirros')
-    const ok = await runCli(['populate', image, '--image-id', id, '--checksum', checksum, '--instances-path', root])
+    const ok = await populate(id, root)
     expect(ok.exitCode, ok.stderr).toBe(0)
     expect(await contents(join(root, '_base'))).toContain(sha1(id))
 
     const config = await writeConfig('fetch: {imageIds: any}\n')
-    const any = await runCli([
-      'populate',
-      image,
-      '--image-id',
-      'not-a-uuid',
-      '--checksum',
-      checksum,
-      '--instances-path',
-      root,
-      '--config',
-      config,
-    ])
+    const any = await populate('not-a-uuid', root, ['--config', config])
     expect(any.exitCode, any.stderr).toBe(0)
     expect(await contents(join(root, '_base'))).toContain(sha1('not-a-uuid'))
   })
@@ -108,22 +93,18 @@ async function aggregate(count: number): Promise<{config: string; roots: string[
   return {config: await writeConfig(`nodes:\n${nodes.join('\n')}\naggregates:\n  web: {nodes: [${names}]}\n`), roots}
 }
 
+/** precache of the test image, under `id`, on the aggregate `web`. */
+function precacheArgs(id: string): string[] {
+  return ['precache', '--aggregate', 'web', image, '--image-id', id, '--checksum', checksum]
+}
+
 /** A tally line, in the words of today or of before (the count of lines that carry one). */
 const TALLY = /\d+ of \d+ node-image pairs? |\d+ cached, \d+ existing, /
 
 describe('precache closes with one summary', () => {
   it('on a pipe: the tally is in the closing line only, counted as node-image pairs', async () => {
     const {config} = await aggregate(2)
-    const args = [
-      'precache',
-      '--aggregate',
-      'web',
-      image,
-      '--image-id',
-      imageUuid('one-summary'),
-      '--checksum',
-      checksum,
-    ]
+    const args = precacheArgs(imageUuid('one-summary'))
     const result = await runCli([...args, '--config', config])
     expect(result.exitCode, result.stderr).toBe(0)
     const tallies = result.stdout.split('\n').filter((line) => TALLY.test(line))
@@ -137,16 +118,7 @@ describe('precache closes with one summary', () => {
 
   it('on a terminal (script gives it a pseudo-terminal): one summary too', async () => {
     const {config} = await aggregate(2)
-    const args = [
-      'precache',
-      '--aggregate',
-      'web',
-      image,
-      '--image-id',
-      imageUuid('one-summary-tty'),
-      '--checksum',
-      checksum,
-    ]
+    const args = precacheArgs(imageUuid('one-summary-tty'))
     const command = ['node', BIN, ...args, '--config', config].map((a) => `'${a}'`).join(' ')
     const result = await execa('script', ['-qec', `stty cols 120 rows 40; ${command}`, '/dev/null'], {
       env: {IMGCACHE_CONFIG: '', NO_COLOR: '1'},
@@ -168,7 +140,7 @@ describe('a lock held by nova-compute', () => {
     await mkdir(join(roots[0]!, 'locks'), {recursive: true})
     const holder = await holdOsloLock(join(roots[0]!, 'locks'), sha1(id))
     try {
-      const args = ['precache', '--aggregate', 'web', image, '--image-id', id, '--checksum', checksum]
+      const args = precacheArgs(id)
       const result = await runCli([...args, '--lock-timeout', '1', '--config', config])
       expect(result.exitCode).toBe(1)
       const lock = join(roots[0]!, 'locks', `nova-${sha1(id)}`)
@@ -194,19 +166,9 @@ describe('inspect: the columns and hints say what they are about', () => {
       new RegExp(`${sha1(imageUuid('sparse'))}\\s+original\\s+-\\s+\\S+ \\S+\\s+16\\.0 MiB\\s+raw`),
     )
 
-    const root = instancesPath()
-    const populate = await runCli([
-      'populate',
-      image,
-      '--image-id',
-      imageUuid('sized'),
-      '--checksum',
-      checksum,
-      '--instances-path',
-      root,
-    ])
-    expect(populate.exitCode, populate.stderr).toBe(0)
-    expect(populate.stdout).toMatch(/^NODE\s+IMAGE\s+STATUS\s+FILE SIZE\s+TIME\s+DETAIL$/m)
+    const sized = await populate(imageUuid('sized'), instancesPath())
+    expect(sized.exitCode, sized.stderr).toBe(0)
+    expect(sized.stdout).toMatch(/^NODE\s+IMAGE\s+STATUS\s+FILE SIZE\s+TIME\s+DETAIL$/m)
   })
 
   it('the "remove and re-populate" hint is shown for an unsound base prune keeps, not for a stale .part prune removes', async () => {
