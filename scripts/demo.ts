@@ -86,7 +86,12 @@ async function main(): Promise<void> {
         '',
       ].join('\n'),
     )
-    process.stdout.write(`imgcache demo in ${root}\nconfig: ${config}\n`)
+    process.stdout.write(
+      `imgcache demo in ${root}\nconfig: ${config}\n` +
+        (keep
+          ? 'kept at the end (--keep)\n'
+          : 'removed at the end; run the demo with --keep (scripts/demo.sh --keep, npm run demo -- --keep) to keep it\n'),
+    )
     const noXml = ['--domain-xml-dir', join(root, 'no-libvirt')]
     const newVm = join(host.instancesPath, 'c0ffee00-0000-4000-8000-000000000001')
     await mkdir(newVm, {recursive: true})
@@ -128,7 +133,10 @@ async function main(): Promise<void> {
 
     if (keep) process.stdout.write(`kept ${root} (rm -rf it when done)\n`)
   } finally {
-    if (!keep) await rm(root, {force: true, recursive: true})
+    if (!keep) {
+      await rm(root, {force: true, recursive: true})
+      process.stdout.write(`removed ${root}; --keep (scripts/demo.sh --keep) keeps it to look around\n`)
+    }
   }
 }
 

@@ -116,7 +116,8 @@ export const fetchFlags = {
     helpGroup: 'FETCH',
   }),
   'image-id': Flags.string({
-    description: 'The Glance image id to cache an http(s) URL or file under (Nova names the cache file by it).',
+    description:
+      'The Glance image id (a UUID) to cache an http(s) URL or file under (Nova names the cache file by it; fetch.imageIds: any in the config accepts other ids).',
     helpGroup: 'FETCH',
   }),
   'lock-timeout': durationFlag({

@@ -39,7 +39,7 @@ populate never leaves a half-written file at a cache name, never runs qemu-img o
     },
     {
       command:
-        '<%= config.bin %> <%= command.id %> https://images.example.net/jammy.qcow2 --image-id 7b1a… --checksum sha256:9f86d0…',
+        '<%= config.bin %> <%= command.id %> https://images.example.net/jammy.qcow2 --image-id 7b1a0c2e-4f3d-4a5b-9c8d-1e2f3a4b5c6d --checksum sha256:9f86d0…',
       description: 'A plain URL, cached under the Glance image id it stands for.',
     },
   ]

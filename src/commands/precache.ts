@@ -10,21 +10,19 @@ import {ExitCode} from '../lib/exit-codes.js'
 import {type ResolvedImage, resolveImages} from '../lib/images.js'
 import {type Node} from '../lib/node/types.js'
 import {findAggregate, type NodeSpec, selectNodes} from '../lib/nodes.js'
-import {formatPlan, type PlanTotals, planTotals} from '../lib/plan/format.js'
-import {findInUse, type InUseImage, type MissingImage} from '../lib/plan/in-use.js'
-import {planExit, type PlannedItem} from '../lib/plan/items.js'
+import {formatPlan, planTotals} from '../lib/plan/format.js'
+import {findInUse} from '../lib/plan/in-use.js'
+import {planExit} from '../lib/plan/items.js'
 import {planPrecache} from '../lib/plan/plan.js'
-import {type LinkSpeeds, mergeLinkSpeeds, type ModePlan, parseLinkSpeeds} from '../lib/plan/rules.js'
+import {type LinkSpeeds, mergeLinkSpeeds, parseLinkSpeeds} from '../lib/plan/rules.js'
 import {type NodeScan, scanNodes} from '../lib/plan/scan.js'
-import {type NodeSummary, precache, type Via} from '../lib/precache.js'
-import {formatItems, itemsExit, type ItemTotals, totalsLine, totalsOf} from '../lib/report/items.js'
+import {precache, type Via} from '../lib/precache.js'
+import {formatItems, itemsExit, plural, totalsLine, totalsOf} from '../lib/report/items.js'
+import {type PrecachePlanReport, type PrecacheReport} from '../lib/report/results.js'
 import {chooseRenderer} from '../lib/ui/renderer.js'
 import {createView} from '../lib/ui/views.js'
 
-import {type PrecachePlanReport, type PrecacheReport} from '../lib/report/results.js'
-
 export type {PrecachePlanReport, PrecacheReport} from '../lib/report/results.js'
-
 
 export default class Precache extends BaseCommand<typeof Precache> {
   static override args = {
@@ -232,13 +230,18 @@ Everything a single populate guarantees holds on every node: verified, inspected
       via,
     }
     if (!this.jsonEnabled()) {
-      this.log(formatItems(result.items))
+      // The tally once, in the closing line (it used to follow the table and close the report too).
+      const reads = result.originReads ?? 0
       this.log(
-        `Image pre-cache of ${images.length} image(s) on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}; ${totalsLine(report.totals)}${via === 'relay' ? `; the image service was read ${result.originReads} time(s)` : ''}`,
+        formatItems(
+          result.items,
+          `Image pre-cache of ${plural(images.length, 'image')} on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}: ${totalsLine(result.items)}${via === 'relay' ? `; the image service was read ${plural(reads, 'time')}` : ''}`,
+        ),
       )
       for (const image of report.images) {
         const failed = result.items.filter((i) => i.image.id === image.id && i.status === 'error').length
-        if (failed > 0) this.logToStderr(`warning: image ${image.name ?? image.ref} failed ${failed} time(s)`)
+        if (failed > 0)
+          this.logToStderr(`warning: image ${image.name ?? image.ref} failed on ${plural(failed, 'node')}`)
       }
 
       for (const m of found?.missing ?? []) this.logToStderr(`warning: ${m.message} (used on ${m.nodes.join(', ')})`)

@@ -6,6 +6,7 @@ import type {ImageRecord, ImageSource} from './image-source/types.js'
 
 import {ImgcacheError, UsageError} from './errors.js'
 import {assertFetchable, createAliasSource, createImageSource, FileSource, UrlSource} from './image-source/index.js'
+import {assertImageId} from './image-source/refs.js'
 
 /** An image named on the command line, resolved and validated before any node is touched. */
 export interface ResolvedImage {
@@ -44,6 +45,9 @@ async function isFile(path: string): Promise<boolean> {
  * (exit 2), listing every problem, as Nova's aggregate API refuses a request with a missing image.
  */
 export async function resolveImages(refs: string[], ctx: ResolveContext): Promise<ResolvedImage[]> {
+  // Before anything is fetched or looked up. An empty id is left to IMAGE_ID_REQUIRED.
+  const givenId = ctx.flags.imageId?.trim()
+  if (givenId) assertImageId(givenId, '--image-id', ctx.config.fetch?.imageIds)
   let glance: ImageSource | null | undefined
   const glanceSource = async (): Promise<ImageSource> => {
     if (glance === undefined)

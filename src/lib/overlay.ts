@@ -84,6 +84,8 @@ export async function createOverlay(
     })
   }
 
+  await assertWritable(node, posix.dirname(dest))
+
   const target = {image: image.record, node, settings, source: image.source}
   let base = await fetchIntoCache(target, options)
   // A prune may remove the base between the fetch and the lock: fetch it again, once.
@@ -93,13 +95,49 @@ export async function createOverlay(
       const overlay = await createLocked(node, settings, image, dest, {...options, copy})
       return {base, overlay}
     } catch (error) {
-      if (!(error instanceof BaseGoneError)) throw error
+      if (!(error instanceof BaseGoneError)) throw baseStaysCached(error, base, node, image)
       if (attempt === 2) throw basePruned(node, error.path, image)
     }
 
     // eslint-disable-next-line no-await-in-loop
     base = await fetchIntoCache(target, options)
   }
+}
+
+/**
+ * Before anything is fetched: DEST's directory must take a new file. `test -w` as the instances
+ * path's owner (who makes the disk) is refused on a read-only file system even for root (access(2)
+ * answers EROFS), and for the owner where its permissions forbid it; it creates nothing.
+ */
+async function assertWritable(node: Node, dir: string): Promise<void> {
+  const probe = await node.run(['test', '-w', dir], {asOwner: true, reject: false, timeoutMs: 60_000})
+  if (probe.exitCode === 0) return
+  throw new UsageError(
+    'DEST_DIR_NOT_WRITABLE',
+    `the directory of the overlay, ${dir}, cannot be written on ${node.description} (a read-only file system, or permissions that keep the instances path's owner out); nothing was fetched`,
+    {
+      field: 'DEST',
+      node: node.name,
+      path: dir,
+      suggestions: [
+        "Give a DEST in a writable directory (an instance directory under the instances path), or make this one writable by the instances path's owner.",
+      ],
+    },
+  )
+}
+
+/**
+ * A step after the fetch failed: say that the base this run fetched stays cached (and where), so
+ * the operator knows the next run will not download it again.
+ */
+function baseStaysCached(error: unknown, base: FetchResult, node: Node, image: ResolvedImage): unknown {
+  if (!(error instanceof ImgcacheError)) return error
+  const label = image.record.name ? `${image.record.name} (${image.record.id})` : image.record.id
+  error.message +=
+    base.status === 'cached'
+      ? `; no disk was made, but image ${label} was fetched and is now cached at ${base.path} on ${node.description}: the next run will not download it again`
+      : `; no disk was made; image ${label} stays cached at ${base.path} on ${node.description}`
+  return error
 }
 
 /** The base was not there once its lock was held. */

@@ -44,12 +44,12 @@ export interface SpaceReport {
  * removed, so nothing was reached either).
  */
 export interface SpacePreview extends Omit<SpaceReport, 'after' | 'reached' | 'reclaimedBytes' | 'removed'> {
-  /** Allocated bytes the removals for space alone would free. */
-  wouldReclaimBytes: number
   /** The file system and the cache once the removals prune would make are done. */
   wouldLeave: SpaceReport['after']
   /** Whether those removals would reach the target. */
   wouldReach: boolean
+  /** Allocated bytes the removals for space alone would free. */
+  wouldReclaimBytes: number
   /** Entries prune would remove for space alone, beyond the age rules. */
   wouldRemove: number
 }
@@ -151,11 +151,7 @@ export function chooseSpaceRemovals(
 }
 
 /** The space report of a node once every decision is final. */
-export function spaceReport(
-  analysis: NodeAnalysis,
-  decisions: readonly Decided[],
-  guarded: boolean,
-): SpaceReport {
+export function spaceReport(analysis: NodeAnalysis, decisions: readonly Decided[], guarded: boolean): SpaceReport {
   const {fs} = analysis.scan
   const {bytes: targets, report: target} = targetsOf(analysis)
   const before = {cacheBytes: cacheBytesOf(analysis), freeBytes: fs?.available, totalBytes: fs?.total}

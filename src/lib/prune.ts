@@ -119,10 +119,10 @@ export interface PruneRunResult extends PruneNodeFields {
 export interface PruneDryRunResult extends PruneNodeFields {
   decisions: PrunePreview[]
   dryRun: true
-  /** Allocated bytes prune would free. */
-  wouldReclaimBytes: number
   /** Prune by space (--keep-free, --max-size): what prune would do for the target, when one applies. */
   space?: SpacePreview
+  /** Allocated bytes prune would free. */
+  wouldReclaimBytes: number
   /** Entries prune would remove. */
   wouldRemove: number
   /** Entries whose mtime prune would refresh. */
@@ -362,7 +362,8 @@ async function prunePass(analysis: NodeAnalysis, options: PruneOptions): Promise
   if (hasSpaceTarget(settings.space) && !options.signal?.aborted) {
     const byName = new Map(decisions.map((d) => [d.name, d]))
     for (const item of chooseSpaceRemovals(analysis, byName, guarded, 'removed')) {
-      if (item.verdict.action === 'remove') batch.push({decision: byName.get(item.name)!, item, lock: item.verdict.lock})
+      if (item.verdict.action === 'remove')
+        batch.push({decision: byName.get(item.name)!, item, lock: item.verdict.lock})
     }
 
     byRank(decisions)

@@ -10,7 +10,7 @@ import type {PopulateReport} from '../../src/commands/populate.js'
 
 import {shellCommand} from '../../src/lib/node/quote.js'
 import {overlayTemporary} from '../../src/lib/overlay.js'
-import {libvirtXml, sha1} from '../fixtures/nova-host.js'
+import {imageUuid, libvirtXml, sha1} from '../fixtures/nova-host.js'
 import {watchArgvs} from '../helpers/argv-watch.js'
 import {BIN, type CliResult, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
@@ -25,6 +25,9 @@ import {payload, sha256} from '../helpers/payload.js'
 // small HTTP server for slow downloads, and real oslo.concurrency locks.
 
 const MiB = 1024 * 1024
+/** Image ids of config aliases whose bases the tests plant by hand. */
+const ALIAS_ID = imageUuid('e2e-alias-image')
+const BIG_ID = imageUuid('e2e-big')
 let work: string
 let glanceDir: string
 let glance: GlanceHandle
@@ -44,7 +47,12 @@ async function writeConfig(): Promise<void> {
 /** Serve `data` at /<name> and name it in the config (images: alias with url, checksum and id). */
 async function alias(name: string, data: Buffer, options: {ranges?: boolean; rate?: number} = {}): Promise<string> {
   server.serve(`/${name}`, {data, ...options})
-  aliases[name] = {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', id: `id-${name}`, url: server.url(`/${name}`)}
+  aliases[name] = {
+    checksum: `sha256:${sha256(data)}`,
+    diskFormat: 'raw',
+    id: imageUuid(name),
+    url: server.url(`/${name}`),
+  }
   await writeConfig()
   return aliases[name].id
 }
@@ -255,7 +263,11 @@ describe('imgcache populate', () => {
     expect(await exists(host.root)).toBe(false)
 
     // A URL of another scheme is named for what it is, not taken for a Glance name.
-    const ftp = await cli('populate', host.root, ['ftp://mirror.example.net/jammy.img', '--image-id', 'ftp-image'])
+    const ftp = await cli('populate', host.root, [
+      'ftp://mirror.example.net/jammy.img',
+      '--image-id',
+      imageUuid('ftp-image'),
+    ])
     expect(ftp.exitCode).toBe(2)
     expect(parse<ErrorJson>(ftp.stdout).error).toMatchObject({
       code: 'UNSUPPORTED_SCHEME',
@@ -703,24 +715,24 @@ describe('imgcache inspect --verify', () => {
     const cached = payload(15, 64 * 1024)
     const aliasConfig = async (checksum: string) => {
       const file = path.join(work, 'verify-alias.json')
-      const alias = {checksum, diskFormat: 'raw', id: 'e2e-alias-image', url: 'http://127.0.0.1:9/a'}
+      const alias = {checksum, diskFormat: 'raw', id: ALIAS_ID, url: 'http://127.0.0.1:9/a'}
       await writeFile(file, JSON.stringify({images: {'web-base': alias}}))
       return file
     }
 
     await mkdir(host.cacheDir, {recursive: true})
-    await writeFile(host.final('e2e-alias-image'), cached)
-    await instance(host.root, 'vm-alias', 'e2e-alias-image')
+    await writeFile(host.final(ALIAS_ID), cached)
+    await instance(host.root, 'vm-alias', ALIAS_ID)
     expect((await verify(host.root, ['--json'], await aliasConfig(`sha256:${sha256(cached)}`))).exitCode).toBe(0)
 
     const other = await verify(host.root, [], await aliasConfig(`sha256:${sha256(payload(16, 10))}`))
     expect(other.exitCode).toBe(4)
-    expect(other.stdout).toContain(`${sha1('e2e-alias-image')} is in use (1 instance)`)
+    expect(other.stdout).toContain(`${sha1(ALIAS_ID)} is in use (1 instance)`)
     // Unused, its image known from imgcache's own record of it.
     await rm(path.join(host.root, 'vm-alias'), {recursive: true})
     await mkdir(path.join(host.cacheDir, '.imgcache'), {recursive: true})
-    const record = {format: 'raw', imageId: 'e2e-alias-image', sourceFormat: 'raw', version: 1}
-    await writeFile(path.join(host.cacheDir, '.imgcache', `${sha1('e2e-alias-image')}.json`), JSON.stringify(record))
+    const record = {format: 'raw', imageId: ALIAS_ID, sourceFormat: 'raw', version: 1}
+    await writeFile(path.join(host.cacheDir, '.imgcache', `${sha1(ALIAS_ID)}.json`), JSON.stringify(record))
     const unused = await verify(host.root, [], await aliasConfig(`sha256:${sha256(payload(16, 10))}`))
     expect(unused.stdout).toContain('imgcache populate web-base --force --node local')
 
@@ -767,20 +779,20 @@ describe('imgcache inspect --verify', () => {
       big,
       JSON.stringify({
         images: {
-          big: {checksum: `sha256:${'0'.repeat(64)}`, diskFormat: 'raw', id: 'e2e-big', url: 'http://127.0.0.1:9/big'},
+          big: {checksum: `sha256:${'0'.repeat(64)}`, diskFormat: 'raw', id: BIG_ID, url: 'http://127.0.0.1:9/big'},
         },
       }),
     )
     await mkdir(host.cacheDir, {recursive: true})
-    await writeFile(host.final('e2e-big'), '')
-    await execa('truncate', ['-s', '4G', host.final('e2e-big')])
-    await instance(host.root, 'vm-big', 'e2e-big')
+    await writeFile(host.final(BIG_ID), '')
+    await execa('truncate', ['-s', '4G', host.final(BIG_ID)])
+    await instance(host.root, 'vm-big', BIG_ID)
     const child = spawnVerify(host.root, big)
     // --json prints no progress: wait for the hash to be under way (the file being read).
     const result = await interruptWhen(child, 'the hash to start', async () =>
-      holdsOpen(child.pid!, host.final('e2e-big')),
+      holdsOpen(child.pid!, host.final(BIG_ID)),
     )
-    expect(verdicts(result.stdout)['e2e-big']).toEqual({
+    expect(verdicts(result.stdout)[BIG_ID]).toEqual({
       interrupted: true,
       outcome: 'unverifiable',
       reason: 'not checked: interrupted',

@@ -10,7 +10,7 @@ import type {PrecacheReport} from '../../src/commands/precache.js'
 import type {ItemResult} from '../../src/lib/populate.js'
 
 import {shellCommand} from '../../src/lib/node/quote.js'
-import {sha1} from '../fixtures/nova-host.js'
+import {imageUuid, sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, flat, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
@@ -299,7 +299,7 @@ function ghostNode(port: number): Record<string, number | string> {
 /** Serve `data` at /<name> from the fixture server, and return the alias the config names it by. */
 function slowAlias(name: string, data: Buffer, rate: number) {
   server.serve(`/${name}`, {data, rate})
-  return {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', id: `id-${name}`, url: server.url(`/${name}`)}
+  return {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', id: imageUuid(name), url: server.url(`/${name}`)}
 }
 
 beforeAll(async () => {
@@ -434,11 +434,11 @@ describe('imgcache precache', () => {
           expect(second.stdout).toMatch(new RegExp(`${node}\\s+${name}\\s+existing`))
       }
 
-      expect(second.stdout).toContain('0 cached, 6 existing, 0 errors, 0 skipped hosts')
+      expect(second.stdout).toContain(': 6 of 6 node-image pairs already cached')
       // Nothing was read from Glance for images every node already had.
       expect(await glanceDownloads(qcow2.id)).toBe(before.qcow2 + reads.qcow2)
       expect(await glanceDownloads(raw.id)).toBe(before.raw + reads.raw)
-      if (via === 'relay') expect(second.stdout).toContain('the image service was read 0 time(s)')
+      if (via === 'relay') expect(second.stdout).toContain('the image service was read 0 times')
     },
   )
 
@@ -557,7 +557,7 @@ describe('imgcache precache', () => {
     const again = await precache(configFile, ['--aggregate', 'web', '--retries', '0'])
     expect(again.exitCode).toBe(3)
     expect(again.stdout).toMatch(/ghost\s+e2e-raw\s+skipped/)
-    expect(again.stdout).toContain('0 cached, 2 existing, 0 errors, 1 skipped hosts')
+    expect(again.stdout).toContain(': 2 of 3 node-image pairs already cached, 1 skipped (1 node unreachable)')
   })
 
   it('relay: sshd killed on one node mid-transfer, --retries 0: that node ends error, the others are cached; a populate once it is back resumes', async () => {
@@ -636,17 +636,17 @@ describe('imgcache precache', () => {
     const elapsed = Date.now() - started
     expect(result.exitCode, result.stderr).toBe(3)
     const report = parse<PrecacheReport>(result.stdout)
-    expect(item(report, 'node1', 'id-e2e-stall')).toMatchObject({status: 'cached'})
-    expect(item(report, 'node2', 'id-e2e-stall')).toMatchObject({code: 'NODE_STALLED', status: 'error'})
-    expect(item(report, 'node2', 'id-e2e-stall')?.message).toContain(
-      'node2 stopped reading image e2e-stall (id-e2e-stall) for 3 s',
+    expect(item(report, 'node1', imageUuid('e2e-stall'))).toMatchObject({status: 'cached'})
+    expect(item(report, 'node2', imageUuid('e2e-stall'))).toMatchObject({code: 'NODE_STALLED', status: 'error'})
+    expect(item(report, 'node2', imageUuid('e2e-stall'))?.message).toContain(
+      `node2 stopped reading image e2e-stall (${imageUuid('e2e-stall')}) for 3 s`,
     )
     // Cut off in seconds, not after the attempt timeout (30 min by default).
     expect(elapsed).toBeLessThan(60_000)
-    expect(await fileSha256(onNode(fleet.node('node1'), sub).final('id-e2e-stall'))).toBe(sha256(data))
+    expect(await fileSha256(onNode(fleet.node('node1'), sub).final(imageUuid('e2e-stall')))).toBe(sha256(data))
     const at = onNode(stuck, sub)
     expect(await contents(at.cacheDir)).toEqual([])
-    expect(await osloSees(at.lock('id-e2e-stall'))).toBe('FREE')
+    expect(await osloSees(at.lock(imageUuid('e2e-stall')))).toBe('FREE')
     expect(await contents(spoolDir())).toEqual([])
   })
 
@@ -773,7 +773,7 @@ describe('imgcache precache', () => {
     expect(result.exitCode).toBe(130)
     for (const node of FLEET)
       expect(result.stdout).toMatch(new RegExp(`${node}\\s+slow-int-relay\\s+error\\s.*interrupted by SIGINT`))
-    expect(result.stdout).toContain('0 cached, 0 existing, 3 errors, 0 skipped hosts')
+    expect(result.stdout).toContain(': 3 of 3 node-image pairs failed')
     expect(String(result.stderr)).toContain('SIGINT received: stopping, removing temporaries and releasing locks')
     for (const node of fleet.nodes) {
       const at = onNode(node, sub)
@@ -800,7 +800,7 @@ describe('imgcache precache', () => {
       expect(mine.at(-1)).toMatch(new RegExp(`${node}: done$`))
     }
 
-    expect(lines.stdout).toContain('3 cached, 0 existing, 0 errors, 0 skipped hosts')
+    expect(lines.stdout).toContain(': 3 of 3 node-image pairs cached')
 
     const json = await precache(configFile, ['--aggregate', 'web', '--json', '--force'])
     expect(json.exitCode).toBe(0)
@@ -810,7 +810,7 @@ describe('imgcache precache', () => {
     const quiet = await precache(configFile, ['--aggregate', 'web', '--quiet'])
     expect(quiet.exitCode).toBe(0)
     expect(quiet.stderr).toBe('')
-    expect(quiet.stdout).toContain('0 cached, 3 existing, 0 errors, 0 skipped hosts')
+    expect(quiet.stdout).toContain(': 3 of 3 node-image pairs already cached')
   })
 
   it('on a terminal: listr2 draws a task per node with its images under it, each with its outcome', async () => {
@@ -878,7 +878,7 @@ describe('imgcache precache', () => {
       expect(samples).toBeGreaterThan(20)
       expect([...seen].sort()).toEqual(via === 'node' ? ['agent', 'curl', 'ssh', 'sshd'] : ['agent', 'ssh', 'sshd'])
       expect(result.exitCode).toBe(0)
-      expect(result.stdout).toContain('2 cached, 0 existing, 0 errors, 0 skipped hosts')
+      expect(result.stdout).toContain(': 2 of 2 node-image pairs cached')
       for (const node of nodes) {
         expect(await fileSha256(onNode(node, sub).final(secretImage.id))).toBe(sha256(secretContent))
       }

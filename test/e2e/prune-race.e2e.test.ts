@@ -7,7 +7,7 @@ import {setTimeout} from 'node:timers/promises'
 import {fileURLToPath} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {sha1} from '../fixtures/nova-host.js'
+import {imageUuid, sha1} from '../fixtures/nova-host.js'
 import {type CliResult, runCli} from '../helpers/cli.js'
 import {type HostUser, novaUser} from '../helpers/nova-user.js'
 import {payload, sha256} from '../helpers/payload.js'
@@ -20,7 +20,7 @@ import {payload, sha256} from '../helpers/payload.js'
 const ROUNDS = 100
 // A round costs two CLI processes and two qemu-img runs: about 1 s on an idle 2-core machine, a
 // few seconds when other work shares it. The limit leaves room for a busy machine.
-const IMAGE_ID = 'race-image'
+const IMAGE_ID = imageUuid('race-image')
 let work: string
 let image: string
 let checksum: string

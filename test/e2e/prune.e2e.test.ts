@@ -499,7 +499,7 @@ describe('imgcache inspect (e2e, bin/run.js)', () => {
     expect(node.totals).toMatchObject({entries: 13, inUse: 4, temporaries: 2, unknown: 3})
     expect(await mtimes(host.cacheDir)).toEqual(before)
     const text = await runCli(['inspect', '--instances-path', host.instancesPath, '--domain-xml-dir', domainDir])
-    expect(text.stdout).toMatch(/NAME\s+KIND\s+IMAGE\s+SIZE\s+VIRTUAL/)
+    expect(text.stdout).toMatch(/NAME\s+KIND\s+IMAGE\s+ON DISK\s+VIRTUAL SIZE\s+FORMAT/)
     expect(text.stdout).toContain('remove now')
     expect(text.stdout).toContain('→ imgcache prune --dry-run shows what prune would remove')
   })

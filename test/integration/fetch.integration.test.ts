@@ -13,7 +13,7 @@ import {type ImageFlags, type ResolvedImage, resolveImages} from '../../src/lib/
 import {LocalNode} from '../../src/lib/node/local.js'
 import {populateNode} from '../../src/lib/populate.js'
 import {parseQemuInfo, qemuInfoArgv} from '../../src/lib/qemu/index.js'
-import {sha1} from '../fixtures/nova-host.js'
+import {imageUuid, sha1} from '../fixtures/nova-host.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {
   type CorpusImage,
@@ -390,7 +390,7 @@ describe('the crafted corpus, uploaded to Glance with its declared disk_format',
 
   it('takes a local file given by a path relative to the working directory', async () => {
     const data = await readFile(corpus.raw.path)
-    const flags = {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', imageId: 'relative-file'}
+    const flags = {checksum: `sha256:${sha256(data)}`, diskFormat: 'raw', imageId: imageUuid('relative-file')}
     const image = await resolveOne(`./${path.relative(work, corpus.raw.path)}`, baseConfig(), flags)
     const result = await fetch(image, await host('relative'))
     expect(result).toMatchObject({converted: false, status: 'cached'})
@@ -406,7 +406,7 @@ describe('the crafted corpus, uploaded to Glance with its declared disk_format',
     // The inspector passes LUKS and `qemu-img info` reads its header without a key, but
     // `qemu-img convert` needs the key: Nova's fetch_to_raw fails with "Unable to convert image to raw".
     const data = await readFile(corpus.luks.path)
-    const flags = {checksum: `sha256:${sha256(data)}`, diskFormat: 'luks', imageId: 'luks-image'}
+    const flags = {checksum: `sha256:${sha256(data)}`, diskFormat: 'luks', imageId: imageUuid('luks-image')}
     const settings = await host('luks')
     await expect(fetch(await resolveOne(corpus.luks.path, baseConfig(), flags), settings)).rejects.toMatchObject({
       code: 'IMAGE_ENCRYPTED',
@@ -432,7 +432,7 @@ describe('transfers that go wrong (an HTTP server in front of the bytes)', () =>
         [name]: {
           checksum: `sha256:${sha256(content)}`,
           diskFormat: 'raw',
-          id: `id-${name}`,
+          id: imageUuid(name),
           url: server.url(`/${name}`),
           ...extra,
         },
@@ -455,9 +455,9 @@ describe('transfers that go wrong (an HTTP server in front of the bytes)', () =>
       code: 'HASH_MISMATCH',
       exitCode: 1,
       message: expect.stringContaining(
-        `sha256 of the bytes is ${sha256(other)}, but the checksum given for it (--checksum, or the alias's checksum in the config) is ${sha256(content)}`,
+        `sha256 of the bytes is ${sha256(other)}, but the checksum given for it (images.wrong-hash.checksum) is ${sha256(content)}`,
       ),
-      suggestions: [expect.stringContaining('Check the checksum you gave (--checksum')],
+      suggestions: [expect.stringContaining('Check the checksum you gave (images.wrong-hash.checksum)')],
     })
     expect(await contents(settings.cacheDir)).toEqual([])
   })
@@ -470,7 +470,7 @@ describe('transfers that go wrong (an HTTP server in front of the bytes)', () =>
       (error_: unknown) => error_ as Error & {code: string},
     )
     expect(error).toMatchObject({code: 'IMAGE_TRANSFER_FAILED'})
-    expect(error?.message).toMatch(/truncated \(id-truncated\)/)
+    expect(error?.message).toContain(`truncated (${imageUuid('truncated')})`)
     expect(error?.message).toMatch(/ended early|broke off/)
     expect(await contents(settings.cacheDir)).toEqual([])
   })
@@ -491,7 +491,7 @@ describe('transfers that go wrong (an HTTP server in front of the bytes)', () =>
     server.serve('/ranged', {data: content})
     const config = alias('ranged')
     const settings = await host('http-ranged', config)
-    const part = path.join(settings.cacheDir, `${sha1('id-ranged')}.part`)
+    const part = path.join(settings.cacheDir, `${sha1(imageUuid('ranged'))}.part`)
     await mkdir(settings.cacheDir, {recursive: true})
     await writeFile(part, content.subarray(0, 777_777))
     const resumed = await fetch(await resolveOne('ranged', config), settings)
@@ -503,7 +503,7 @@ describe('transfers that go wrong (an HTTP server in front of the bytes)', () =>
     const config2 = alias('no-ranges')
     const settings2 = await host('http-no-ranges', config2)
     await mkdir(settings2.cacheDir, {recursive: true})
-    await writeFile(path.join(settings2.cacheDir, `${sha1('id-no-ranges')}.part`), content.subarray(0, 777_777))
+    await writeFile(path.join(settings2.cacheDir, `${sha1(imageUuid('no-ranges'))}.part`), content.subarray(0, 777_777))
     const restarted = await fetch(await resolveOne('no-ranges', config2), settings2)
     expect(restarted).toMatchObject({downloadedBytes: content.length, status: 'cached'})
     expect(restarted.resumedFrom).toBeUndefined()
@@ -562,7 +562,7 @@ describe('a full disk (a real tmpfs as the instances path)', () => {
   it('refuses an image larger than the free space before downloading it, saying what is needed and free', async () => {
     server.serve('/too-big', {data: payload(5, 16 * MiB)})
     const config = baseConfig({
-      images: {'too-big': {diskFormat: 'raw', id: 'id-too-big', url: server.url('/too-big')}},
+      images: {'too-big': {diskFormat: 'raw', id: imageUuid('too-big'), url: server.url('/too-big')}},
     })
     const settings = await host('too-big', config, tmpfs)
     await expect(fetch(await resolveOne('too-big', config), settings, {allowUnverified: true})).rejects.toMatchObject({
@@ -592,7 +592,7 @@ describe('a full disk (a real tmpfs as the instances path)', () => {
         compressed: {
           checksum: `sha256:${sha256(compressed)}`,
           diskFormat: 'qcow2',
-          id: 'id-compressed',
+          id: imageUuid('compressed'),
           url: server.url('/compressed'),
         },
       },
@@ -612,19 +612,24 @@ describe('a full disk (a real tmpfs as the instances path)', () => {
     server.serve('/filled', {data: small, rate: 4 * MiB})
     const config = baseConfig({
       images: {
-        filled: {checksum: `sha256:${sha256(small)}`, diskFormat: 'raw', id: 'id-filled', url: server.url('/filled')},
+        filled: {
+          checksum: `sha256:${sha256(small)}`,
+          diskFormat: 'raw',
+          id: imageUuid('filled'),
+          url: server.url('/filled'),
+        },
       },
     })
     const settings = await host('filled', config, tmpfs)
     const filler = path.join(tmpfs!, 'filler')
     const pending = fetch(await resolveOne('filled', config), settings)
     pending.catch(() => {})
-    await waitForSize(path.join(settings.cacheDir, `${sha1('id-filled')}.part`), 256 * 1024)
+    await waitForSize(path.join(settings.cacheDir, `${sha1(imageUuid('filled'))}.part`), 256 * 1024)
     await fillUp(filler)
     try {
       await expect(pending).rejects.toMatchObject({
         code: 'NO_SPACE',
-        message: expect.stringContaining('no space left on local while writing image filled (id-filled)'),
+        message: expect.stringContaining(`no space left on local while writing image filled (${imageUuid('filled')})`),
       })
       expect(await contents(settings.cacheDir)).toEqual([])
     } finally {

@@ -75,6 +75,25 @@ prune: { minAge: 12h }
     expect(e.message).toContain('(top level): unknown key bogus')
   })
 
+  it('refuses an alias whose id is not a Glance image id (a UUID), unless fetch.imageIds is any', async () => {
+    const file = join(dir, 'ids.yaml')
+    const aliases = `images:
+  good: { id: 3C1E2F4A-5B6C-4D7E-8F90-A1B2C3D4E5F6, path: /srv/good.raw }
+  bad: { id: ubuntu-jammy, path: /srv/bad.raw }
+`
+    await writeFile(file, aliases)
+    const error = await loadConfig({env: env(), path: file}).catch((error_: unknown) => error_)
+    expect(error).toMatchObject({code: 'CONFIG_INVALID', exitCode: 2, subject: {field: 'images.bad.id', file}})
+    expect((error as UsageError).message).toContain('images.bad.id: "ubuntu-jammy" is not a Glance image id')
+    expect((error as UsageError).message).toContain('fetch.imageIds: any')
+    expect((error as UsageError).message).not.toContain('images.good')
+
+    await writeFile(file, `fetch: { imageIds: any }\n${aliases}`)
+    expect((await loadConfig({env: env(), path: file})).config.images?.bad?.id).toBe('ubuntu-jammy')
+    await writeFile(file, 'fetch: { imageIds: some }\n')
+    await expect(loadConfig({env: env(), path: file})).rejects.toMatchObject({code: 'CONFIG_INVALID'})
+  })
+
   it('refuses to turn host-key checking off from the config', async () => {
     const file = join(dir, 'ssh.yaml')
     await writeFile(file, 'defaults: { ssh: { strictHostKeyChecking: "no" } }\n')

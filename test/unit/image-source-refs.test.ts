@@ -10,7 +10,7 @@ import {
   imageApiRoot,
   selectImageEndpoint,
 } from '../../src/lib/image-source/keystone.js'
-import {looksLikeImageId, lookupOrder, pickByName} from '../../src/lib/image-source/refs.js'
+import {assertImageId, looksLikeImageId, lookupOrder, pickByName} from '../../src/lib/image-source/refs.js'
 
 function rec(id: string, name: string, status = 'active'): ImageRecord {
   return {id, name, source: 'glance', status}
@@ -27,6 +27,20 @@ describe('id or name', () => {
   ])('%j looks like an image id: %s', (ref, expected) => {
     expect(looksLikeImageId(ref)).toBe(expected)
     expect(lookupOrder(ref)).toEqual(expected ? ['id', 'name'] : ['name'])
+  })
+
+  it('an id given as an id must be a UUID: the error names the field and the id and shows what an id looks like', () => {
+    expect(() => assertImageId('not-a-uuid', '--image-id')).toThrow(
+      expect.objectContaining({
+        code: 'IMAGE_ID_INVALID',
+        exitCode: 2,
+        message: expect.stringMatching(/^--image-id: "not-a-uuid" is not a Glance image id: .*UUIDs \(8-4-4-4-12 hex/),
+        subject: {field: '--image-id', image: 'not-a-uuid'},
+        suggestions: expect.arrayContaining([expect.stringContaining('fetch.imageIds: any')]),
+      }),
+    )
+    expect(() => assertImageId('c1d2e3f4-aaaa-4bbb-8ccc-0123456789ab', '--image-id')).not.toThrow()
+    expect(() => assertImageId('not-a-uuid', '--image-id', 'any')).not.toThrow()
   })
 
   it('picks the one exact match', () => {

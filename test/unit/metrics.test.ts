@@ -84,8 +84,17 @@ describe('Prometheus text for prune', () => {
       'imgcache_prune_space_target_reached{node="cmp-03",reason="none"} 1',
     )
     // A dry run leaves the disk as it was: no space series.
-    const {reclaimedBytes, removed, sidecarsRemoved, touched, ...fields} = run
-    const preview = {...fields, decisions: [], dryRun: true as const, space: spacePreview(space)}
+    const preview = {
+      cacheDir: run.cacheDir,
+      cacheDirExists: run.cacheDirExists,
+      decisions: [],
+      dryRun: true as const,
+      errors: 0,
+      guard: [],
+      instancesPath: run.instancesPath,
+      node: run.node,
+      space: spacePreview(space),
+    }
     const dry = formatMetrics(
       [{failed: false, node: 'cmp-03', result: {...preview, wouldReclaimBytes: 10, wouldRemove: 1, wouldTouch: 0}}],
       1,

@@ -2,6 +2,7 @@ import {z} from 'zod'
 
 import {KEEP_FREE_EXPECTED, MAX_SIZE_EXPECTED, parseKeepFree, parseMaxSize} from '../cache/space.js'
 import {parseDuration} from '../duration.js'
+import {imageIdRule, looksLikeImageId} from '../image-source/refs.js'
 
 /** A number or a string, turned into a value by `parse`; `expected` says what was wanted when it does not parse. */
 function parsedSchema<T>(parse: (value: number | string) => T | undefined, expected: string) {
@@ -169,6 +170,13 @@ export const fetchSettingsSchema = z
     allowUnverified: z.boolean().optional(),
     /** `[DEFAULT] force_raw_images`: convert downloaded images to raw. */
     forceRaw: z.boolean().optional(),
+    /**
+     * What an image id given as an id (`--image-id`, an alias's `id`) may be. `uuid` (default): a
+     * Glance image id, which Glance's image schema requires to be a UUID (glance/api/v2/images.py,
+     * get_base_properties), so a base cached under anything else is one no instance will use.
+     * `any`: for an image service whose ids are not UUIDs.
+     */
+    imageIds: z.enum(['uuid', 'any']).optional(),
     /** `[compute] vmdk_allowed_types`. */
     vmdkAllowedTypes: z.array(z.string()).optional(),
   })
@@ -196,6 +204,17 @@ export const configSchema = z
     prune: pruneSettingsSchema.optional(),
   })
   .strict()
+  .superRefine((config, ctx) => {
+    if (config.fetch?.imageIds === 'any') return
+    for (const [name, alias] of Object.entries(config.images ?? {})) {
+      if (!looksLikeImageId(alias.id))
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          message: `${imageIdRule(alias.id)} (fetch.imageIds: any allows ids that are not UUIDs)`,
+          path: ['images', name, 'id'],
+        })
+    }
+  })
 
 export type ImgcacheConfig = z.infer<typeof configSchema>
 export type NodeConfig = z.infer<typeof nodeSchema>

@@ -229,14 +229,14 @@ async function fetchLocked(
       'HASH_MISMATCH',
       image.source === 'glance'
         ? `image ${label}: ${expected.algorithm} of the download is ${digest}, the image service says ${expected.value}`
-        : `image ${label}: ${expected.algorithm} of the bytes is ${digest}, but the checksum given for it (--checksum, or the alias's checksum in the config) is ${expected.value}`,
+        : `image ${label}: ${expected.algorithm} of the bytes is ${digest}, but the checksum given for it (${image.checksumFrom ?? "--checksum, or the alias's checksum in the config"}) is ${expected.value}`,
       {
         image: image.id,
         node: node.name,
         suggestions: [
           image.source === 'glance'
             ? 'Run the same command again; if it fails again the image in the image service is corrupt: re-upload it.'
-            : `Check the checksum you gave (--checksum ALGO:HEX, or checksum in the config's alias) against the bytes of ${target.source.description}; nothing was cached.`,
+            : `Check the checksum you gave (${image.checksumFrom ?? "--checksum ALGO:HEX, or checksum in the config's alias"}) against the bytes of ${target.source.description}; nothing was cached.`,
         ],
       },
     )

@@ -9,6 +9,32 @@ export function looksLikeImageId(ref: string): boolean {
   return uuid.test(ref)
 }
 
+/** Why an id is refused as a Glance image id, for the field (or config key) that gave it. */
+export function imageIdRule(id: string): string {
+  return (
+    `${JSON.stringify(id)} is not a Glance image id: Glance image ids are UUIDs (8-4-4-4-12 hex digits, ` +
+    `e.g. 3c1e2f4a-5b6c-4d7e-8f90-a1b2c3d4e5f6), and Nova names a base by the id of the instance's image, ` +
+    `so nothing would ever use a base cached under this one`
+  )
+}
+
+/**
+ * An id given as an id (`--image-id`) must be a UUID, as Glance's image schema requires
+ * (glance/api/v2/images.py, get_base_properties), unless the config's `fetch.imageIds` is `any`.
+ * Names are not ids: an IMAGE looked up by name is never checked here.
+ */
+export function assertImageId(id: string, field: string, policy: 'any' | 'uuid' = 'uuid'): void {
+  if (policy === 'any' || looksLikeImageId(id)) return
+  throw new UsageError('IMAGE_ID_INVALID', `${field}: ${imageIdRule(id)}.`, {
+    field,
+    image: id,
+    suggestions: [
+      'Give the id of the Glance image these bytes are: openstack image show NAME -f value -c id.',
+      'If your image service does not use UUIDs for its ids, set fetch.imageIds: any in the config file.',
+    ],
+  })
+}
+
 /** How to look a ref up: by id first (then by name), or by name only. */
 export function lookupOrder(ref: string): Array<'id' | 'name'> {
   return looksLikeImageId(ref) ? ['id', 'name'] : ['name']

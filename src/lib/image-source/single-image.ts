@@ -40,6 +40,7 @@ export function singleImageRecord(options: SingleImageOptions, source: 'file' | 
       ? parseChecksum(options.checksum, options.checksumField ?? '--checksum')
       : options.checksum
   return {
+    checksumFrom: hash ? (options.checksumField ?? '--checksum') : undefined,
     diskFormat: options.diskFormat,
     id,
     name: options.name,

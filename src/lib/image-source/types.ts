@@ -4,6 +4,8 @@ import type {Readable} from 'node:stream'
 export interface ImageRecord {
   /** MD5 hex digest (Glance's legacy `checksum`). */
   checksum?: string
+  /** URL and file images: where the operator gave the checksum (`--checksum`, `images.NAME.checksum`), for messages. */
+  checksumFrom?: string
   containerFormat?: string
   diskFormat?: string
   /** The Glance image id: the cache file is named by its SHA-1. */

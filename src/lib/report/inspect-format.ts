@@ -157,8 +157,9 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
             'NAME',
             'KIND',
             'IMAGE',
-            'SIZE',
-            'VIRTUAL',
+            // Blocks the file takes (a raw base is sparse) and the disk size it gives an instance.
+            'ON DISK',
+            'VIRTUAL SIZE',
             'FORMAT',
             'UNUSED FOR',
             'USERS',
@@ -195,9 +196,14 @@ export function formatInspect(results: InspectResult[], options: {now?: number; 
         `→ Remove ${r.overlayTemporaries.length === 1 ? 'it' : 'them'} (rm) once no imgcache overlay is running on this node: ` +
           'one being made now has such a file for a few seconds.',
       )
-    if (t.unsound > 0)
+    // Only where it applies: a temporary is no base to re-populate (prune removes it once stale, as
+    // its PRUNE column says), and an entry prune removes now needs no hand.
+    const toRedo = r.entries.filter(
+      (e) => !e.sound && e.kind !== 'partial' && e.prune.outcome !== 'would-remove',
+    ).length
+    if (toRedo > 0)
       out.push(
-        `→ ${t.unsound} unsound file${t.unsound === 1 ? '' : 's'}: see the SOUND column; remove and re-populate them once unused.`,
+        `→ ${toRedo} unsound file${toRedo === 1 ? '' : 's'} that prune will not remove: see the SOUND column; remove and re-populate ${toRedo === 1 ? 'it' : 'them'} once unused.`,
       )
     if (verified) out.push(...verifyLines(r, verified))
     if (t.reclaimableBytes > 0)

@@ -33,13 +33,34 @@ export function totalsOf(items: ItemResult[]): ItemTotals {
   }
 }
 
+/** `1 node`, `2 nodes`. */
+export function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`
+}
+
 /**
- * Nova's closing line, in its words: "N cached, N existing, N errors, N skipped hosts", whatever N
- * (Nova writes "1 errors" too), so that what matches Nova's log line matches this one.
+ * What happened to the (node, image) pairs, counting pairs and saying so: "6 of 6 node-image pairs
+ * cached", "4 of 6 node-image pairs cached, 1 already cached, 1 failed". Counts that are zero are
+ * left out; unreachable nodes are counted as nodes, beside the pairs they skipped. (Nova's own line,
+ * "N cached, N existing, N errors, N skipped hosts", mixes pairs and hosts and writes "1 errors".)
  */
-export function totalsLine(t: ItemTotals): string {
-  const line = `${t.cached} cached, ${t.existing} existing, ${t.errors} errors, ${t.skippedHosts} skipped hosts`
-  return t.notNeeded > 0 ? `${line}; ${t.notNeeded} not needed on the node's storage backend` : line
+export function totalsLine(items: ItemResult[]): string {
+  if (items.length === 0) return 'no node-image pairs'
+  const t = totalsOf(items)
+  const unreachable = items.filter((i) => i.status === 'skipped' && !isBackendSkip(i)).length
+  const parts: Array<[number, string]> = [
+    [t.cached, 'cached'],
+    [t.existing, 'already cached'],
+    [t.errors, 'failed'],
+    [unreachable, `skipped (${plural(t.skippedHosts, 'node')} unreachable)`],
+    [t.notNeeded, "not needed on the node's storage backend"],
+  ]
+  const counted = parts.filter(([n]) => n > 0)
+  return counted
+    .map(([n, what], index) =>
+      index === 0 ? `${n} of ${plural(items.length, 'node-image pair')} ${what}` : `${n} ${what}`,
+    )
+    .join(', ')
 }
 
 /**
@@ -71,8 +92,12 @@ function label(item: ItemResult): string {
   return item.image.name ?? item.image.ref
 }
 
-/** The per-node, per-image report table, then what to do about each failure. */
-export function formatItems(items: ItemResult[]): string {
+/**
+ * The per-node, per-image report table, its tally (or `summary`, a line that includes it), then what
+ * to do about each failure. FILE SIZE is the cached file's length, as ls -l shows it: for a raw base
+ * its virtual size; the blocks it takes on disk are inspect's ON DISK.
+ */
+export function formatItems(items: ItemResult[], summary = totalsLine(items)): string {
   const rows = items.map((i) => [
     i.node,
     label(i),
@@ -85,7 +110,7 @@ export function formatItems(items: ItemResult[]): string {
           .filter(Boolean)
           .join(', '),
   ])
-  const lines = [renderTable(['NODE', 'IMAGE', 'STATUS', 'SIZE', 'TIME', 'DETAIL'], rows), totalsLine(totalsOf(items))]
+  const lines = [renderTable(['NODE', 'IMAGE', 'STATUS', 'FILE SIZE', 'TIME', 'DETAIL'], rows), summary]
   const steps = new Map<string, string[]>()
   for (const i of items) {
     if (!i.nextStep) continue

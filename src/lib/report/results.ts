@@ -7,11 +7,11 @@
  */
 import type {InspectResult} from '../inspect.js'
 import type {OverlayResult} from '../overlay.js'
-import type {ItemResult} from '../populate.js'
 import type {PlanTotals} from '../plan/format.js'
 import type {InUseImage, MissingImage} from '../plan/in-use.js'
 import type {PlannedItem} from '../plan/items.js'
 import type {LinkSpeeds, ModePlan} from '../plan/rules.js'
+import type {ItemResult} from '../populate.js'
 import type {NodeSummary, Via} from '../precache.js'
 import type {PruneResult} from '../prune.js'
 import type {ItemTotals} from './items.js'

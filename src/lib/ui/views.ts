@@ -44,6 +44,7 @@ class SilentView implements ProgressView {
 export class LinesView implements ProgressView {
   private readonly labels = new Map<string, string>()
   private readonly lastLine = new Map<string, number>()
+  private readonly lastMessage = new Map<string, string>()
   private readonly lastPhase = new Map<string, string>()
   private readonly meters = new Map<string, RateMeter>()
 
@@ -61,7 +62,7 @@ export class LinesView implements ProgressView {
     const stamp = new Date(this.now()).toISOString().slice(11, 19)
     if (event.type === 'node') {
       if (event.state === 'queued') return
-      this.write(`${stamp} ${event.node}: ${event.state}${event.message ? `: ${event.message}` : ''}`)
+      this.write(`${stamp} ${event.node}: ${event.state}${this.itemMessage(event.node, event.message)}`)
       return
     }
 
@@ -69,7 +70,7 @@ export class LinesView implements ProgressView {
     const label = this.labels.get(k) ?? event.image
     if (event.type === 'item') {
       if (event.state === 'queued') return
-      this.write(`${stamp} ${event.node} ${label}: ${event.state}${event.message ? `: ${event.message}` : ''}`)
+      this.write(`${stamp} ${event.node} ${label}: ${event.state}${this.itemMessage(k, event.message)}`)
       return
     }
 
@@ -89,6 +90,19 @@ export class LinesView implements ProgressView {
   }
 
   async stop(): Promise<void> {}
+
+  /**
+   * An item's (or a node's) message, once: a retry that fails the same way (a lock still held, a service still
+   * down) says so instead of repeating a message that names a long path each time.
+   */
+  private itemMessage(k: string, message: string | undefined): string {
+    if (!message) return ''
+    const retry = /; retrying in [^;]+$/.exec(message)?.[0] ?? ''
+    const text = message.slice(0, message.length - retry.length)
+    if (this.lastMessage.get(k) === text) return `: failed the same way again${retry}`
+    this.lastMessage.set(k, text)
+    return `: ${message}`
+  }
 }
 
 /** One transfer on a terminal: a cli-progress bar on stderr. */
