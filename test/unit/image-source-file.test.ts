@@ -48,6 +48,8 @@ describe('FileSource', () => {
     const source = make()
     const record = await source.resolve(id)
     expect(record).toEqual({
+      // Where the checksum came from, for a mismatch's message: this source was given --checksum.
+      checksumFrom: '--checksum',
       diskFormat: 'qcow2',
       id,
       name: 'cirros',
