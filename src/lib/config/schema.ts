@@ -67,6 +67,8 @@ export const aggregateSchema = z
     concurrency: z.number().int().min(1).optional(),
     images: z.array(z.string().min(1)).optional(),
     nodes: z.array(z.string().min(1)).min(1),
+    /** precache's --via default for this aggregate (over defaults.via). */
+    via: z.enum(['node', 'relay', 'p2p']).optional(),
   })
   .strict()
 
@@ -143,7 +145,7 @@ export const defaultsSchema = z
     concurrency: z.number().int().min(1).optional(),
     lockTimeout: durationSchema.optional(),
     ssh: sshSettingsSchema.optional(),
-    via: z.enum(['node', 'relay']).optional(),
+    via: z.enum(['node', 'relay', 'p2p']).optional(),
   })
   .strict()
 
