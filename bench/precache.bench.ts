@@ -524,12 +524,13 @@ function print(f: ReturnType<typeof figuresOf>): void {
       m.load.toFixed(1),
     ],
   )
+  // The references follow imgcache's four modes.
   rows.splice(
-    3,
+    4,
     0,
     header.map(() => ''),
   )
-  rows[3]![0] = 'reference, no imgcache:'
+  rows[4]![0] = 'reference, no imgcache:'
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
   for (const row of [header, ...rows]) console.log(`  ${row.map((c, i) => c.padEnd(widths[i]!)).join('  ')}`.trimEnd())
   const t = f.targets
