@@ -7,7 +7,9 @@
 #                             cache pass, the oracle prune is checked against), iproute2 (the
 #                             namespaced test network), time (peak RSS in the benchmarks), zsh
 #                             (the zsh completion test), debootstrap (the Node-less Debian 12 root
-#                             the packaging test installs imgcache in)
+#                             the packaging test installs imgcache in), aria2, opentracker and
+#                             mktorrent (precache --via p2p: aria2c on the nodes and as the seed,
+#                             opentracker as the tracker; mktorrent checks our torrents)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(qemu-utils python3 curl ca-certificates coreutils)
 if [[ "${1:-}" == --test ]]; then
-  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time zsh debootstrap)
+  packages+=(openssh-server openssh-client python3-oslo.concurrency python3-nova glance-api keystone sqlite3 iproute2 procps util-linux time zsh debootstrap aria2 opentracker mktorrent)
 fi
 
 export DEBIAN_FRONTEND=noninteractive

@@ -33,7 +33,7 @@ export default class Precache extends BaseCommand<typeof Precache> {
 
 Images are resolved and validated once, before any node is touched: a missing image fails the whole request (exit 2). Nodes are worked on in a sliding window of --concurrency; images one after another per node; each attempt has a time limit (--attempt-timeout) and is retried with exponential back-off (--retries); --deadline bounds the whole run.
 
---via node (default): each node fetches from the image service itself with curl, as nova-compute does; the token reaches curl on its stdin. --via relay: imgcache reads each image from the image service once and streams it to every node over SSH, each at its own pace; a node that stops reading is cut off.
+--via node (default): each node fetches from the image service itself with curl, as nova-compute does; the token reaches curl on its stdin. --via relay: imgcache reads each image from the image service once and streams it to every node over SSH, each at its own pace; a node that stops reading is cut off. --via p2p: imgcache reads each image once (verified, inspected, and its BitTorrent piece hashes computed from the same bytes), runs a tracker (opentracker) allowing only this run's torrents and seeds with aria2c on this machine; the nodes download with aria2c from the seed and from each other, every piece checked, and seed to the others until the run ends (--seed-until). It needs aria2 and opentracker here and aria2 on the nodes (a node without it is relayed to, said in the report, unless --p2p-fallback none); the nodes never talk to the image service. By default all the aggregate's nodes work at once (a swarm needs its peers).
 
 Everything a single populate guarantees holds on every node: verified, inspected, converted, atomic, under the nova lock. Ctrl-C stops starting work, aborts transfers, removes temporaries, releases the locks and prints the partial report.
 
@@ -92,10 +92,26 @@ Everything a single populate guarantees holds on every node: verified, inspected
       description:
         "With --dry-run: the links' rates for each mode's bound, as origin=400mbit,bastion=1gbit,node=200mbit (default: the aggregate's linkSpeeds, then defaults.linkSpeeds).",
     }),
+    'p2p-address': Flags.string({
+      description:
+        "--via p2p: this machine's address the nodes reach (default: the one each node's SSH session comes from).",
+    }),
+    'p2p-fallback': Flags.string({
+      default: 'relay',
+      description: '--via p2p: what a node without aria2c gets: the relay, or none (its images end error).',
+      options: ['relay', 'none'],
+    }),
+    'p2p-ports': Flags.string({
+      default: '6881-6999',
+      description: '--via p2p: the ports aria2c may listen on, on the nodes (a port or a range A-B).',
+    }),
     retries: Flags.integer({
       default: 2,
       description: 'Retries of a failed attempt, with exponential back-off.',
       min: 0,
+    }),
+    'seed-until': durationFlag({
+      description: '--via p2p: each node seeds at most this long after its download (default: until the run ends).',
     }),
     'spool-dir': Flags.string({
       description: 'Where --via relay keeps each image while it streams it (default: the temp dir).',
@@ -105,8 +121,9 @@ Everything a single populate guarantees holds on every node: verified, inspected
       description: 'A relayed node that reads nothing for this long is cut off.',
     }),
     via: Flags.string({
-      description: 'Who fetches from the image service: each node itself, or imgcache relaying over SSH.',
-      options: ['node', 'relay'],
+      description:
+        "Who fetches from the image service: each node itself, imgcache relaying over SSH, or imgcache seeding a BitTorrent swarm of the nodes (default: the aggregate's via, else defaults.via, else node).",
+      options: ['node', 'relay', 'p2p'],
     }),
   }
   static override strict = false
@@ -148,8 +165,18 @@ Everything a single populate guarantees holds on every node: verified, inspected
               imageId: this.flags['image-id'],
             },
           })
-    const via = (this.flags.via ?? config.defaults?.via ?? 'node') as Via
-    const concurrency = this.flags.concurrency ?? aggregate.concurrency ?? config.defaults?.concurrency ?? 4
+    const via = (this.flags.via ?? aggregate.via ?? config.defaults?.via ?? 'node') as Via
+    if (!/^\d{1,5}(-\d{1,5})?$/.test(this.flags['p2p-ports'])) {
+      throw new UsageError('BAD_FLAG', `--p2p-ports ${this.flags['p2p-ports']}: give a port or a range A-B`, {
+        field: '--p2p-ports',
+        suggestions: ['For example --p2p-ports 6881-6999.'],
+      })
+    }
+
+    // A swarm needs its peers at once: p2p works on every node of the aggregate unless told otherwise.
+    const concurrency =
+      this.flags.concurrency ??
+      (via === 'p2p' ? specs.length : (aggregate.concurrency ?? config.defaults?.concurrency ?? 4))
     const settingsFor = (node: Node, spec: NodeSpec) =>
       resolveCacheSettings(node, config, spec.config, {
         cacheDir: this.flags['cache-dir'],
@@ -211,6 +238,12 @@ Everything a single populate guarantees holds on every node: verified, inspected
       force: this.flags.force,
       lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
       onEvent: (e) => view.onEvent(e),
+      p2p: {
+        address: this.flags['p2p-address'],
+        fallback: this.flags['p2p-fallback'] as 'none' | 'relay',
+        listenPorts: this.flags['p2p-ports'],
+        seedSeconds: this.flags['seed-until'],
+      },
       retries: this.flags.retries,
       signal: this.interrupt.signal,
       spoolDir: this.flags['spool-dir'] ?? tmpdir(),
@@ -226,6 +259,7 @@ Everything a single populate guarantees holds on every node: verified, inspected
       items: result.items,
       nodes: result.nodes,
       originReads: result.originReads,
+      p2pFallbacks: result.p2pFallbacks,
       totals: totalsOf(result.items),
       via,
     }
@@ -235,9 +269,11 @@ Everything a single populate guarantees holds on every node: verified, inspected
       this.log(
         formatItems(
           result.items,
-          `Image pre-cache of ${plural(images.length, 'image')} on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}: ${totalsLine(result.items)}${via === 'relay' ? `; the image service was read ${plural(reads, 'time')}` : ''}`,
+          `Image pre-cache of ${plural(images.length, 'image')} on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}: ${totalsLine(result.items)}${via === 'node' ? '' : `; the image service was read ${plural(reads, 'time')}`}`,
         ),
       )
+      for (const fallback of result.p2pFallbacks ?? [])
+        this.logToStderr(`note: ${fallback.node}: ${fallback.reason}; its images were relayed instead of p2p`)
       for (const image of report.images) {
         const failed = result.items.filter((i) => i.image.id === image.id && i.status === 'error').length
         if (failed > 0)

@@ -8,7 +8,7 @@ export type ItemStatus = 'cached' | 'error' | 'existing' | 'skipped'
  * lines, nothing). Domain code emits these and never prints.
  */
 export type WorkEvent =
-  | {bytes: number; image: string; node: string; phase: FetchPhase; total?: number; type: 'progress'}
+  | {bytes: number; image: string; node: string; peers?: number; phase: FetchPhase; total?: number; type: 'progress'}
   | {image: string; message?: string; node: string; state: 'queued' | 'running' | ItemStatus; type: 'item'}
   | {
       message?: string

@@ -18,9 +18,22 @@ import {expectedHash} from './image-source/checksum.js'
 import {SshNodeFactory} from './node/ssh-factory.js'
 import {isUnreachable} from './node/ssh.js'
 import {createNode} from './nodes.js'
+import {Swarms} from './p2p/swarm.js'
+import {type P2pFallback, p2pTransfer} from './p2p/transfer.js'
 import {backendItem, itemFromError, itemFromResult, type ItemResult} from './populate.js'
 
-export type Via = 'node' | 'relay'
+export type Via = 'node' | 'p2p' | 'relay'
+
+/** precache --via p2p's settings (DESIGN §11). */
+export interface P2pSettings {
+  /** The address of this machine the nodes reach (default: each node's SSH_CONNECTION says). */
+  address?: string
+  fallback: P2pFallback
+  /** Ports aria2c listens on, on the nodes. */
+  listenPorts: string
+  /** Each node seeds at most this long after its download (default: until the run ends). */
+  seedSeconds?: number
+}
 
 export interface PrecacheOptions {
   allowUnverified: boolean
@@ -32,6 +45,8 @@ export interface PrecacheOptions {
   force: boolean
   lockTimeoutMs: number
   onEvent?: EventListener
+  /** --via p2p only. */
+  p2p?: P2pSettings
   /** Retries after a failed attempt (exponential back-off from 1 s, at most 30 s). */
   retries: number
   signal?: AbortSignal
@@ -53,8 +68,10 @@ export interface PrecacheRun {
   durationMs: number
   items: ItemResult[]
   nodes: NodeSummary[]
-  /** Relay: how many times the origin was read (once per image unless a read failed). */
+  /** Relay and p2p: how many times the origin was read (once per image unless a read failed). */
   originReads?: number
+  /** p2p: the nodes that had no aria2c and were relayed to instead, and why. */
+  p2pFallbacks?: Array<{node: string; reason: string}>
 }
 
 /** Errors worth another attempt: the network, a dropped connection, a timeout. Not: safety, usage, a full disk. */
@@ -73,9 +90,12 @@ export function isRetryable(error: unknown): boolean {
     'HASH_MISMATCH',
     'INTERRUPTED',
     'NO_SPACE',
+    'NODE_NO_ARIA2C',
     'NODE_NO_CURL',
     'NODE_NO_PYTHON',
     'NODE_PROGRAM_MISSING',
+    'P2P_NO_ADDRESS',
+    'P2P_PROGRAM_MISSING',
     'QEMU_ENOSPC',
     'SIZE_MISMATCH',
     'SSH_AUTH',
@@ -147,7 +167,12 @@ export async function precache(
         )
   const run = options.signal ? AbortSignal.any([options.signal, deadline.signal]) : deadline.signal
   const ssh = new SshNodeFactory(config)
-  const spools = new SpoolSet(options.spoolDir, run)
+  const spools = new SpoolSet(options.spoolDir, run, options.via === 'p2p')
+  const swarms = options.via === 'p2p' ? new Swarms(options.spoolDir, options.p2p?.address) : undefined
+  const fallbacks = new Map<string, string>()
+  // p2p: a node that has its images seeds them to the others until the run ends, so its
+  // connection (and the aria2c under its agent) is closed only then.
+  const seeding: Node[] = []
   const limit = pLimit(options.concurrency)
   for (const spec of specs) emit({node: spec.name, state: 'queued', type: 'node'})
   try {
@@ -156,21 +181,32 @@ export async function precache(
         limit(async () => {
           const node = createNode(spec, ssh)
           try {
-            return await precacheNode(node, spec, images, settingsFor, spools, run, options)
+            return await precacheNode(node, spec, images, settingsFor, {fallbacks, spools, swarms}, run, options)
           } finally {
-            await node.close().catch(() => undefined)
+            if (swarms) seeding.push(node)
+            else await node.close().catch(() => undefined)
           }
         }),
       ),
     )
+    await Promise.all(seeding.splice(0).map((node) => node.close().catch(() => undefined)))
     return {
       durationMs: Date.now() - started,
-      items: perNode.flatMap((n) => n.items),
+      items: perNode
+        .flatMap((n) => n.items)
+        .map((item) =>
+          fallbacks.has(item.node) && item.status === 'cached'
+            ? {...item, message: `relayed: ${fallbacks.get(item.node)} (no p2p on this node)`}
+            : item,
+        ),
       nodes: perNode.map((n) => n.summary),
-      originReads: options.via === 'relay' ? spools.originReads() : undefined,
+      originReads: options.via === 'node' ? undefined : spools.originReads(),
+      p2pFallbacks: swarms ? [...fallbacks].map(([node, reason]) => ({node, reason})) : undefined,
     }
   } finally {
     clearTimeout(deadlineTimer)
+    await Promise.all(seeding.map((node) => node.close().catch(() => undefined)))
+    await swarms?.dispose()
     await spools.dispose()
     ssh.dispose()
   }
@@ -181,7 +217,7 @@ async function precacheNode(
   spec: NodeSpec,
   images: ResolvedImage[],
   settingsFor: (node: Node, spec: NodeSpec) => Promise<CacheSettings>,
-  spools: SpoolSet,
+  shared: Shared,
   run: AbortSignal,
   options: PrecacheOptions,
 ): Promise<{items: ItemResult[]; summary: NodeSummary}> {
@@ -273,9 +309,17 @@ async function precacheNode(
                 force: options.force,
                 lockTimeoutMs: options.lockTimeoutMs,
                 onProgress: (p) =>
-                  emit({bytes: p.bytes, image: id, node: node.name, phase: p.phase, total: p.total, type: 'progress'}),
+                  emit({
+                    bytes: p.bytes,
+                    image: id,
+                    node: node.name,
+                    peers: p.peers,
+                    phase: p.phase,
+                    total: p.total,
+                    type: 'progress',
+                  }),
                 signal,
-                transfer: transferFor(node, image, settings!, spools, options, signal),
+                transfer: transferFor(node, image, settings!, shared, options, signal),
               },
             ),
         )
@@ -315,24 +359,38 @@ async function precacheNode(
   return {items, summary: {attempts, node: node.name, status: failed > 0 ? 'failed' : 'done'}}
 }
 
+/** What the nodes of one run share: the spools, the swarms (p2p), the nodes that fell back to relay. */
+interface Shared {
+  fallbacks: Map<string, string>
+  spools: SpoolSet
+  swarms?: Swarms
+}
+
 function transferFor(
   node: Node,
   image: ResolvedImage,
   settings: CacheSettings,
-  spools: SpoolSet,
+  {fallbacks, spools, swarms}: Shared,
   options: PrecacheOptions,
   signal: AbortSignal,
 ): Transfer {
-  if (options.via === 'relay') {
-    // Only when this node needs the bytes: an image every node already has is never read.
-    const spool = () =>
-      spools.get(
-        image.record,
-        () => image.source.open(image.record, {signal: spools.signal}),
-        expectedHash(image.record),
-        settings.vmdkAllowedTypes,
-      )
-    return relayTransfer(spool, options.stallMs)
+  // Only when this node needs the bytes: an image every node already has is never read.
+  const spool = () =>
+    spools.get(
+      image.record,
+      () => image.source.open(image.record, {signal: spools.signal}),
+      expectedHash(image.record),
+      settings.vmdkAllowedTypes,
+    )
+  if (options.via === 'relay') return relayTransfer(spool, options.stallMs)
+  if (swarms) {
+    return p2pTransfer(spool, swarms, {
+      fallback: options.p2p?.fallback ?? 'relay',
+      listenPorts: options.p2p?.listenPorts ?? '6881-6999',
+      onFallback: (name, reason) => fallbacks.set(name, reason),
+      seedSeconds: options.p2p?.seedSeconds,
+      stallMs: options.stallMs,
+    })
   }
 
   if (!node.isLocal && node.fetchUrl) return nodeFetchTransfer(image.source)

@@ -1,12 +1,14 @@
 import {mkdtemp, readdir, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
+import {Readable} from 'node:stream'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import type {ImageRecord, OpenedImage} from '../../src/lib/image-source/types.js'
 
 import {ImgcacheError} from '../../src/lib/errors.js'
 import {SpoolSet} from '../../src/lib/fetch/spool.js'
+import {PieceHasher} from '../../src/lib/p2p/torrent.js'
 
 // The relay's spool on a real temporary directory. The origin is a stream made here (what an
 // image source's open() gives back), so that the test decides when and how it fails.
@@ -41,6 +43,41 @@ describe('Spool', () => {
     await expect(spool.result()).rejects.toMatchObject({code: 'IMAGE_SERVICE_UNREACHABLE'})
     await expect(reader.stream.toArray()).rejects.toMatchObject({code: 'IMAGE_SERVICE_UNREACHABLE'})
     expect(await threads()).toBe(before)
+    await spools.dispose()
+  })
+
+  it('with pieces asked for (p2p), gives the BitTorrent piece hashes of the very bytes it hashed and kept', async () => {
+    const data = Buffer.alloc(3 * MiB + 777)
+    for (let i = 0; i < data.length; i++) data[i] = (i * 31 + (i >> 12)) & 0xff
+    const {createHash} = await import('node:crypto')
+    const small = {...image, size: data.length}
+    const sha = {algorithm: 'sha256' as const, value: createHash('sha256').update(data).digest('hex')}
+    const spools = new SpoolSet(dir, undefined, true)
+    const spool = spools.get(
+      small,
+      async () => ({
+        offset: 0,
+        stream: Readable.from([data.subarray(0, 5000), data.subarray(5000)]),
+        totalSize: data.length,
+      }),
+      sha,
+      [],
+    )
+    const result = await spool.result()
+    const reference = new PieceHasher(MiB)
+    reference.update(data)
+    expect(result.digest).toBe(sha.value)
+    expect(result.pieces?.length).toBe(MiB)
+    expect(result.pieces?.hashes.equals(reference.finish())).toBe(true)
+    expect(result.pieces?.hashes.length).toBe(4 * 20)
+    // Without the option no piece is hashed (relay).
+    const plain = new SpoolSet(dir).get(
+      {...small, id: 'img-2'},
+      async () => ({offset: 0, stream: Readable.from([data]), totalSize: data.length}),
+      sha,
+      [],
+    )
+    expect((await plain.result()).pieces).toBeUndefined()
     await spools.dispose()
   })
 })

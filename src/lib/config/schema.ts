@@ -104,6 +104,8 @@ export const aggregateSchema = z
     linkSpeeds: linkSpeedsSchema.optional(),
     nodes: z.array(z.string().min(1)).min(1),
     prune: spaceSettingsSchema.optional(),
+    /** precache's --via default for this aggregate (over defaults.via). */
+    via: z.enum(['node', 'relay', 'p2p']).optional(),
   })
   .strict()
 
@@ -189,7 +191,7 @@ export const defaultsSchema = z
     linkSpeeds: linkSpeedsSchema.optional(),
     lockTimeout: durationSchema.optional(),
     ssh: sshSettingsSchema.optional(),
-    via: z.enum(['node', 'relay']).optional(),
+    via: z.enum(['node', 'relay', 'p2p']).optional(),
   })
   .strict()
 

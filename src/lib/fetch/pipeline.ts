@@ -101,8 +101,8 @@ export async function fetchIntoCache(target: FetchTarget, options: FetchOptions)
   const {image, node, settings} = target
   const paths = entryPaths(settings, image.id)
   const label = image.name ? `${image.name} (${image.id})` : image.id
-  const progress = (phase: FetchPhase, bytes = 0) =>
-    options.onProgress?.({bytes, image: image.name ?? image.id, node: node.name, phase, total: image.size})
+  const progress = (phase: FetchPhase, bytes = 0, peers?: number) =>
+    options.onProgress?.({bytes, image: image.name ?? image.id, node: node.name, peers, phase, total: image.size})
   const base = {image: {id: image.id, name: image.name}, node: node.name, path: paths.final}
 
   assertFetchable(image)
@@ -184,7 +184,7 @@ async function fetchLocked(
   options: FetchOptions,
   paths: Paths,
   expected: ExpectedHash | undefined,
-  progress: (phase: FetchPhase, bytes?: number) => void,
+  progress: (phase: FetchPhase, bytes?: number, peers?: number) => void,
 ): Promise<Omit<FetchResult, 'durationMs' | 'image' | 'node' | 'path' | 'status'>> {
   const {image, node, settings} = target
   const label = image.name ? `${image.name} (${image.id})` : image.id
@@ -199,7 +199,7 @@ async function fetchLocked(
     image,
     label,
     node,
-    onBytes: (bytes, phase) => progress(phase, bytes),
+    onBytes: (bytes, phase, extra) => progress(phase, bytes, extra?.peers),
     part: paths.part,
     settings,
     signal: options.signal,

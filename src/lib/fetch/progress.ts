@@ -15,6 +15,8 @@ export interface FetchProgress {
   bytes: number
   image: string
   node: string
+  /** Peers a BitTorrent download is connected to (precache --via p2p). */
+  peers?: number
   phase: FetchPhase
   /** Bytes expected in all, when the source said. */
   total?: number

@@ -1,7 +1,7 @@
 import {constants, mkdtempSync} from 'node:fs'
 import {type FileHandle, open as openFile, rm} from 'node:fs/promises'
 import {join} from 'node:path'
-import {Readable} from 'node:stream'
+import {Readable, Transform} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
 
 import type {InspectionResult} from '../formats/index.js'
@@ -9,6 +9,7 @@ import type {ExpectedHash, ImageRecord, OpenedImage} from '../image-source/types
 
 import {ImgcacheError} from '../errors.js'
 import {FormatInspector} from '../formats/index.js'
+import {PieceHasher, pieceLengthFor} from '../p2p/torrent.js'
 import {VerifyingTap} from './tap.js'
 
 /** What the origin's bytes turned out to be, once they have all arrived. */
@@ -16,6 +17,8 @@ export interface SpoolResult {
   bytes: number
   digest?: string
   inspection: InspectionResult
+  /** BitTorrent v1 piece hashes of the same bytes, when the run asked for them (precache --via p2p). */
+  pieces?: {hashes: Buffer; length: number}
 }
 
 /**
@@ -40,6 +43,8 @@ export class Spool {
     expected: ExpectedHash | undefined,
     vmdkAllowedTypes: readonly string[],
     signal?: AbortSignal,
+    /** Also compute the torrent's piece hashes from the bytes on their way in (p2p). */
+    private readonly withPieces = false,
   ) {
     // A new name in this run's private directory, made here and never through a link (DESIGN §10).
     this.file = openFile(
@@ -83,6 +88,8 @@ export class Spool {
     signal?: AbortSignal,
   ): Promise<SpoolResult> {
     let tap: undefined | VerifyingTap
+    // The same bytes the multihash and the inspector see: a node that checks every piece holds them.
+    const pieces = this.withPieces ? new PieceHasher(pieceLengthFor(this.image.size ?? 0)) : undefined
     try {
       const file = await this.file
       try {
@@ -98,13 +105,21 @@ export class Spool {
           },
           this.image.size,
         )
-        await pipeline(opened.stream, tap, file.createWriteStream({highWaterMark: 1024 * 1024}), {signal})
+        const sink = file.createWriteStream({highWaterMark: 1024 * 1024})
+        await (pieces
+          ? pipeline(opened.stream, tap, pieceTap(pieces), sink, {signal})
+          : pipeline(opened.stream, tap, sink, {signal}))
       } finally {
         await file.close().catch(() => undefined)
       }
 
       this.written = tap.bytes
-      return {bytes: tap.bytes, digest: await tap.digest(), inspection: tap.inspector.finish()}
+      return {
+        bytes: tap.bytes,
+        digest: await tap.digest(),
+        inspection: tap.inspector.finish(),
+        pieces: pieces ? {hashes: pieces.finish(), length: pieces.pieceLength} : undefined,
+      }
     } catch (error) {
       tap?.dispose()
       this.error =
@@ -166,6 +181,16 @@ export class Spool {
   }
 }
 
+function pieceTap(pieces: PieceHasher): Transform {
+  return new Transform({
+    highWaterMark: 1024 * 1024,
+    transform(chunk: Buffer, _encoding, callback) {
+      pieces.update(chunk)
+      callback(null, chunk)
+    },
+  })
+}
+
 /**
  * The spools of one run: one per image, created when the first node asks for it, removed at the end.
  * They live in a directory of their own made with mkdtemp (0700, an unpredictable name) under `dir`
@@ -180,6 +205,8 @@ export class SpoolSet {
   constructor(
     private readonly dir: string,
     readonly signal?: AbortSignal,
+    /** Compute BitTorrent piece hashes as the bytes arrive (precache --via p2p). */
+    private readonly withPieces = false,
   ) {}
 
   async dispose(): Promise<void> {
@@ -205,6 +232,7 @@ export class SpoolSet {
         expected,
         vmdkAllowedTypes,
         this.signal,
+        this.withPieces,
       )
       this.spools.set(image.id, spool)
     }

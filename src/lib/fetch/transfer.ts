@@ -21,7 +21,7 @@ export interface TransferInput {
   image: ImageRecord
   label: string
   node: Node
-  onBytes: (bytes: number, phase: 'downloading' | 'resuming') => void
+  onBytes: (bytes: number, phase: 'downloading' | 'resuming', extra?: {peers?: number}) => void
   part: string
   settings: CacheSettings
   signal?: AbortSignal

@@ -461,20 +461,28 @@ def mkdirp(q):
 def spawn(q):
     # A program that must not outlive the connection (curl fetching into the cache): its stdin gets
     # q["input"] (secrets travel this way, never in its argv); stdout goes nowhere; stderr is kept.
-    p = subprocess.Popen(q["argv"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # q["mergeOutput"]: its stdout joins the kept stderr (aria2c's progress summaries go to stdout).
+    # q["stopWithAgent"]: aria2c's own watch on this agent (--stop-with-process), so that it ends even
+    # when the agent is killed outright and cannot reap it.
+    argv = q["argv"] + (["--stop-with-process=%d" % os.getpid()] if q.get("stopWithAgent") else [])
+    merge = bool(q.get("mergeOutput"))
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE if merge else subprocess.DEVNULL,
+                         stderr=subprocess.STDOUT if merge else subprocess.PIPE,
                          env=dict(os.environ, LC_ALL="C", LANG="C"), preexec_fn=drop_for_good)
+    out = p.stdout if merge else p.stderr
     try:
         p.stdin.write(base64.b64decode(q.get("input", ""))); p.stdin.close()
     except OSError:
         pass
-    os.set_blocking(p.stderr.fileno(), False)
-    children[p.pid] = {"p": p, "err": b""}
+    os.set_blocking(out.fileno(), False)
+    children[p.pid] = {"p": p, "err": b"", "out": out}
     return p.pid
 
 def drain(c):
     try:
         while True:
-            b = c["p"].stderr.read(65536)
+            b = c["out"].read(65536)
+            if b == b"": c["eof"] = True
             if not b: break
             c["err"] = (c["err"] + b)[-8192:]
     except (BlockingIOError, ValueError, OSError):
@@ -549,8 +557,13 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 reply({"ready": True, "pid": os.getpid()})
 buf = b""
 while True:
-    r, _, _ = select.select([0], [], [], 0.05 if pending else None)
-    if r:
+    # A child's output is drained as it comes, polled or not: a seeding aria2c whose pipe filled up
+    # would stop serving the others.
+    outs = [c["out"] for c in children.values() if not c.get("eof")]
+    r, _, _ = select.select([0] + outs, [], [], 0.05 if pending else None)
+    for c in list(children.values()):
+        if c["out"] in r: drain(c)
+    if 0 in r:
         chunk = os.read(0, 1 << 16)
         if not chunk:
             # The connection is gone (or imgcache closed it): nothing we started may outlive it.

@@ -1,5 +1,6 @@
 import type {ResultPromise} from 'execa'
 
+import {posix} from 'node:path'
 import {type Readable, Writable} from 'node:stream'
 import {finished} from 'node:stream/promises'
 
@@ -29,6 +30,7 @@ import type {
 import {ImgcacheError, RemoteCommandError, unsafePath} from '../errors.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
+import {aria2Argv, aria2Error, type Aria2Progress, parseAria2Summary, type TorrentFetch} from './aria2.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
 import {CURL_COMMON} from './local-curl.js'
 import {RUN_AS_PY, WRITER_PY, WRITER_UNSAFE_STATUS} from './owner-py.js'
@@ -69,6 +71,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       resolve()
     }
 
+    // The listener goes with the timer: a poll loop would otherwise pile one up per round.
     const timer = setTimeout(() => {
       signal?.removeEventListener('abort', onAbort)
       resolve()
@@ -307,6 +310,78 @@ export class SshNode implements Node {
 
     if (result.exitCode === SSH_FAILURE_STATUS) throw sshError(this, result.stderr, options.doing ?? '')
     return {exitCode: result.exitCode, stderr: result.stderr, stdout: result.stdout}
+  }
+
+  /**
+   * Download a torrent into `request.dest` with aria2c on the node, as the instances path's owner
+   * (the agent's spawn drops to it), and resolve once every piece is there and checked. aria2c then
+   * goes on seeding to the other nodes: it is the agent's child, so it ends when the agent does (at
+   * close(), or when the connection drops: aria2c also watches the agent's pid), or after
+   * `seedSeconds`. The `.part` is made by the agent first, never through a link.
+   */
+  async fetchTorrent(
+    request: TorrentFetch,
+    options: {onProgress?: (progress: Aria2Progress) => void; signal?: AbortSignal; total: number},
+  ): Promise<void> {
+    const agent = await this.owned()
+    const dir = posix.dirname(request.dest)
+    const control = `${request.dest}.aria2`
+    // A control file (aria2c's resume state) is aria2c's to read: one left behind, or planted, goes.
+    await agent.request('remove', {path: control}, 'cannot remove', control)
+    await agent.request('create', {append: false, path: request.dest}, 'cannot write', request.dest)
+    await agent.request(
+      'write_atomic',
+      {data: request.torrent.toString('base64'), mode: 0o600, path: request.torrentPath},
+      'cannot write',
+      request.torrentPath,
+    )
+    let pid: number
+    try {
+      pid = await agent.request<number>(
+        'spawn',
+        {argv: aria2Argv(request, dir), mergeOutput: true, stopWithAgent: true},
+        'cannot start aria2c for',
+        request.dest,
+      )
+    } catch (error) {
+      await agent.request('remove', {path: request.torrentPath}, 'cannot remove', request.torrentPath).catch(() => 'x')
+      if (error instanceof ImgcacheError && /No such file|ENOENT/.test(error.message)) {
+        throw aria2Error(this.name, request.dest, 127, '', request.stallSeconds)
+      }
+
+      throw error
+    }
+
+    let status: {exitCode: null | number; running: boolean; stderr: string}
+    let last = {at: Date.now(), bytes: -1}
+    try {
+      for (;;) {
+        // eslint-disable-next-line no-await-in-loop
+        status = await agent.request('status', {pid}, 'cannot watch the download into', request.dest)
+        const progress = parseAria2Summary(status.stderr, options.total)
+        if (progress) options.onProgress?.(progress)
+        if (progress?.complete || !status.running) break
+        if ((progress?.bytes ?? 0) !== last.bytes) last = {at: Date.now(), bytes: progress?.bytes ?? 0}
+        // aria2c's --bt-stop-timeout does not count a swarm it never joined (a tracker it cannot reach).
+        if (Date.now() - last.at > (request.stallSeconds + 15) * 1000) {
+          throw aria2Error(this.name, request.dest, 7, status.stderr, request.stallSeconds)
+        }
+
+        if (options.signal?.aborted) throw options.signal.reason
+        // eslint-disable-next-line no-await-in-loop
+        await sleep(FETCH_POLL_MS * 2, options.signal)
+      }
+    } catch (error) {
+      await agent.request('kill', {pid}, 'cannot stop aria2c for', request.dest).catch(() => undefined)
+      throw error
+    } finally {
+      // aria2c read it at its start; nothing of ours stays in the cache dir.
+      await agent.request('remove', {path: request.torrentPath}, 'cannot remove', request.torrentPath).catch(() => 'x')
+    }
+
+    if (!status.running && status.exitCode !== 0) {
+      throw aria2Error(this.name, request.dest, status.exitCode ?? -1, status.stderr, request.stallSeconds)
+    }
   }
 
   async fetchUrl(

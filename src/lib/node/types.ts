@@ -1,5 +1,7 @@
 import type {Readable, Writable} from 'node:stream'
 
+import type {Aria2Progress, TorrentFetch} from './aria2.js'
+
 /** One directory entry as the node sees it (lstat; for symlinks, what the target is). */
 export interface EntryStat {
   /** Allocated bytes (st_blocks × 512): what the file really costs on disk. */
@@ -193,6 +195,14 @@ export interface Node {
    * through that descriptor, which the caller reads as the file grows (fetch/follow.ts).
    */
   downloadInto?(request: UrlFetch): Promise<FileDownload>
+  /**
+   * Download a torrent with aria2c on the node (SSH nodes; precache --via p2p): resolves once every
+   * piece is in `dest` and checked; aria2c then seeds to the others until the node is closed.
+   */
+  fetchTorrent?(
+    request: TorrentFetch,
+    options: {onProgress?: (progress: Aria2Progress) => void; signal?: AbortSignal; total: number},
+  ): Promise<void>
   /**
    * Fetch a URL on the node itself (SSH nodes; the local host has downloadInto, which imgcache follows).
    * Reports the bytes in `dest` as they grow. The download dies with the connection.

@@ -32,7 +32,10 @@ export interface PopulateReport {
 
 /** `imgcache precache --json`: one item per (node, image) pair of the aggregate. */
 /** --dry-run: the same report, its items planned rather than done, and the plan of every mode. */
-export interface PrecachePlanReport extends Omit<PrecacheReport, 'items' | 'nodes' | 'originReads' | 'totals'> {
+export interface PrecachePlanReport extends Omit<
+  PrecacheReport,
+  'items' | 'nodes' | 'originReads' | 'p2pFallbacks' | 'totals'
+> {
   dryRun: true
   items: PlannedItem[]
   plan: {
@@ -53,8 +56,10 @@ export interface PrecacheReport {
   inUse?: {images: InUseImage[]; missing: MissingImage[]}
   items: ItemResult[]
   nodes: NodeSummary[]
-  /** Relay: how many times this run read an image from the image service (once per image unless a read failed). */
+  /** Relay and p2p: how many times this run read an image from the image service (once per image unless a read failed). */
   originReads?: number
+  /** p2p: nodes without aria2c that were relayed to instead (or, with --p2p-fallback none, failed). */
+  p2pFallbacks?: Array<{node: string; reason: string}>
   totals: ItemTotals
   via: Via
 }

@@ -21,13 +21,15 @@ export interface ProgressView {
 
 const key = (node: string, image: string) => `${node}\u0000${image}`
 
-function progressText(bytes: number, total: number | undefined, meter: RateMeter): string {
+function progressText(bytes: number, total: number | undefined, meter: RateMeter, peers?: number): string {
   const parts = [
     total ? `${Math.floor((bytes / total) * 100)}% ${formatBytes(bytes)} of ${formatBytes(total)}` : formatBytes(bytes),
   ]
   if (meter.bytesPerSecond > 0) parts.push(`${formatBytes(meter.bytesPerSecond)}/s`)
   const eta = meter.eta(bytes, total)
   if (eta !== undefined) parts.push(`ETA ${formatDuration(eta)}`)
+  // BitTorrent (--via p2p): how many peers the node is connected to.
+  if (peers !== undefined) parts.push(`${peers} peer${peers === 1 ? '' : 's'}`)
   return parts.join(', ')
 }
 
@@ -84,7 +86,7 @@ export class LinesView implements ProgressView {
     this.lastLine.set(k, this.now())
     const detail =
       event.phase === 'downloading' || event.phase === 'resuming'
-        ? `: ${progressText(event.bytes, event.total, meter)}`
+        ? `: ${progressText(event.bytes, event.total, meter, event.peers)}`
         : ''
     this.write(`${stamp} ${event.node} ${label}: ${event.phase}${detail}`)
   }
@@ -367,7 +369,7 @@ class ListrView implements ProgressView {
 
     item.started.resolve()
     item.meter.update(event.bytes)
-    const text = `${event.phase} ${progressText(event.bytes, event.total, item.meter)}`
+    const text = `${event.phase} ${progressText(event.bytes, event.total, item.meter, event.peers)}`
     if (item.output) item.output(text)
     else item.pendingOutput = text
   }

@@ -1,0 +1,292 @@
+import {execa, type ResultPromise} from 'execa'
+import {chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import path from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import type {PrecacheReport} from '../../src/commands/precache.js'
+import type {ItemResult} from '../../src/lib/populate.js'
+
+import {sha1} from '../fixtures/nova-host.js'
+import {type CliResult, runCli, spawnCli} from '../helpers/cli.js'
+import {contents, until} from '../helpers/files.js'
+import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
+import {makeImageCorpus} from '../helpers/image-corpus.js'
+import {startNodes, type TestNode, type TestNodes} from '../helpers/nodes.js'
+import {type HostUser, novaUser} from '../helpers/nova-user.js'
+import {payload, sha256} from '../helpers/payload.js'
+
+// precache --via p2p over real sshd nodes on loopback: a real glance-api as the origin, Debian's
+// opentracker and aria2c as the tracker and the seed on this machine, aria2c on every node. The safe
+// path: what lands on the nodes, as whom, what is refused, what is left running or listening.
+
+const MiB = 1024 * 1024
+let work: string
+let glanceDir: string
+let glance: GlanceHandle
+let fleet: TestNodes
+let nova: HostUser
+let qcow2: GlanceImageJson
+let raw: GlanceImageJson
+let unsafe: GlanceImageJson
+const qcow2Content = payload(30, 5 * MiB)
+const rawContent = payload(31, 3 * MiB + 512)
+const FLEET = ['node1', 'node2', 'node3']
+
+/** Where a node keeps one test's cache: a directory of its own under its instances dir, nova's. */
+function onNode(node: TestNode, sub: string) {
+  const root = path.join(node.instancesPath, sub)
+  const cacheDir = path.join(root, '_base')
+  return {
+    cacheDir,
+    final: (id: string) => path.join(cacheDir, sha1(id)),
+    part: (id: string) => path.join(cacheDir, `${sha1(id)}.part`),
+    root,
+  }
+}
+
+async function writeConfig(
+  sub: string,
+  aggregates: Record<string, {images?: string[]; nodes: string[]; via?: string}>,
+) {
+  const nodes: Record<string, Record<string, number | string>> = {}
+  for (const n of fleet.nodes) {
+    const {root} = onNode(n, sub)
+    await mkdir(root, {recursive: true})
+    // nova must reach its instances path through the harness's directories (root's, 0700 by default).
+    for (let d = path.dirname(root); d.startsWith(fleet.base); d = path.dirname(d)) await chmod(d, 0o755)
+    // The instances path is nova's, as on a compute host: aria2c and everything it makes run as nova.
+    await chown(root, nova.uid, nova.gid)
+    nodes[n.name] = {
+      host: n.host,
+      identityFile: n.identityFile,
+      instancesPath: root,
+      knownHostsFile: n.knownHostsFile,
+      port: n.port,
+      user: n.user,
+    }
+  }
+
+  const file = path.join(work, `${sub}.yaml`)
+  await writeFile(file, JSON.stringify({aggregates, imageService: {endpoint: glance.url}, nodes}))
+  return file
+}
+
+const spoolDir = () => path.join(work, 'spool')
+const args = (configFile: string, rest: string[]) => [
+  'precache',
+  ...rest,
+  '--config',
+  configFile,
+  '--spool-dir',
+  spoolDir(),
+]
+
+function precache(configFile: string, rest: string[]): Promise<CliResult> {
+  return runCli(args(configFile, rest), {timeoutMs: 110_000})
+}
+
+function parse(stdout: unknown): PrecacheReport {
+  if (process.env.DEBUG_E2E) console.log(String(stdout))
+  return JSON.parse(String(stdout)) as PrecacheReport
+}
+
+function item(report: PrecacheReport, node: string, id: string): ItemResult | undefined {
+  return report.items.find((i) => i.node === node && i.image.id === id)
+}
+
+async function glanceDownloads(id: string): Promise<number> {
+  const log = await readFile(path.join(glanceDir, 'glance-api.log'), 'utf8')
+  return log.split('\n').filter((line) => line.includes(`"GET /v2/images/${id}/file `)).length
+}
+
+/** Every process's argv, and whether it runs on one of this file's nodes (their sessions' marker). */
+async function processes(): Promise<Array<{argv: string; onNode: boolean}>> {
+  const pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p))
+  const markers = fleet.nodes.map((n) => `IMGCACHE_TEST_NODE_DIR=${n.dir}`)
+  const all = await Promise.all(
+    pids.map(async (pid) => {
+      const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ').trim()
+      const environ = (await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '')).split('\0')
+      return {argv, onNode: markers.some((m) => environ.includes(m))}
+    }),
+  )
+  return all.filter((p) => p.argv !== '')
+}
+
+/** This file's runs' processes: on its nodes, or about its spool directory (the tracker, the seed). */
+async function argvs(): Promise<string[]> {
+  return (await processes()).filter((p) => p.onNode || p.argv.includes(spoolDir())).map((p) => p.argv)
+}
+
+/** The BitTorrent programs of a run still alive on this machine (the nodes are on it too). */
+async function swarmProcesses(): Promise<string[]> {
+  return (await argvs()).filter((a) => /^(?:\S*\/)?(?:aria2c|opentracker) /.test(a))
+}
+
+/** Listening sockets (TCP, UDP) of aria2c and opentracker, as ss sees them (no other test here runs them). */
+async function swarmListeners(): Promise<string[]> {
+  const {stdout} = await execa('ss', ['-Hlntup'])
+  return stdout.split('\n').filter((l) => /"(?:aria2c|opentracker)"/.test(l))
+}
+
+/** Every process argv on the machine, sampled until `child` ends: which kinds ran, and any leak. */
+async function watch(child: ResultPromise, leak: RegExp): Promise<{leaks: string[]; seen: Set<string>}> {
+  const seen = new Set<string>()
+  const leaks: string[] = []
+  while (child.exitCode === null && child.signalCode === null) {
+    for (const a of await argvs()) {
+      if (leak.test(a)) leaks.push(a.slice(0, 160))
+      if (a.startsWith('opentracker ')) seen.add('tracker')
+      if (/^aria2c .*--bt-seed-unverified=true/.test(a)) seen.add('seed')
+      if (/^aria2c .*--check-integrity=true/.test(a)) seen.add('node-aria2c')
+      if (a.startsWith('curl ')) seen.add('curl')
+    }
+  }
+
+  return {leaks, seen}
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(tmpdir(), 'imgcache-e2e-p2p-'))
+  glanceDir = path.join(work, 'glance')
+  await mkdir(spoolDir())
+  let corpus: Awaited<ReturnType<typeof makeImageCorpus>>
+  ;[fleet, glance, corpus, nova] = await Promise.all([
+    startNodes(3),
+    startGlance({dir: glanceDir}),
+    makeImageCorpus(path.join(work, 'corpus')),
+    novaUser(),
+  ])
+  const rawFile = path.join(work, 'content.raw')
+  const qcow2File = path.join(work, 'content.qcow2')
+  await writeFile(rawFile, qcow2Content)
+  await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', rawFile, qcow2File])
+  ;[qcow2, raw, unsafe] = await Promise.all([
+    glance.uploadImage({diskFormat: 'qcow2', file: qcow2File, name: 'p2p-qcow2'}),
+    glance.uploadImage({data: rawContent, diskFormat: 'raw', name: 'p2p-raw'}),
+    glance.uploadImage({diskFormat: 'qcow2', file: corpus['qcow2-backing-file'].path, name: 'p2p-backing-file'}),
+  ])
+})
+
+afterAll(async () => {
+  await Promise.allSettled([fleet?.stop(), glance?.stop()])
+  if (work) await rm(work, {force: true, recursive: true})
+})
+
+describe('imgcache precache --via p2p', () => {
+  it('3 nodes × 2 images: one origin read each, nodes fill from the swarm as nova, every copy right; nothing left running or listening', async () => {
+    const sub = 'happy'
+    // via from the aggregate's config, not a flag.
+    const configFile = await writeConfig(sub, {web: {images: ['p2p-qcow2', 'p2p-raw'], nodes: FLEET, via: 'p2p'}})
+    const before = {qcow2: await glanceDownloads(qcow2.id), raw: await glanceDownloads(raw.id)}
+    const child = spawnCli(args(configFile, ['--aggregate', 'web', '--json']), {timeoutMs: 110_000})
+    // The nodes never talk to the image service: its address is in no process of theirs.
+    const {leaks, seen} = await watch(child, new RegExp(`^(?!node |.*bin/run\\.js).*${new URL(glance.url).port}`))
+    const result = await child
+    expect(result.stderr).toBe('')
+    expect(result.exitCode).toBe(0)
+    const report = parse(result.stdout)
+    expect(report).toMatchObject({originReads: 2, totals: {cached: 6, errors: 0}, via: 'p2p'})
+    expect(report.p2pFallbacks).toEqual([])
+    expect(seen).toEqual(new Set(['node-aria2c', 'seed', 'tracker']))
+    expect(leaks).toEqual([])
+    expect(await glanceDownloads(qcow2.id)).toBe(before.qcow2 + 1)
+    expect(await glanceDownloads(raw.id)).toBe(before.raw + 1)
+    for (const node of fleet.nodes) {
+      const at = onNode(node, sub)
+      expect(item(report, node.name, qcow2.id)).toMatchObject({converted: true, status: 'cached'})
+      expect(item(report, node.name, raw.id)).toMatchObject({converted: false, status: 'cached'})
+      expect(sha256(await readFile(at.final(qcow2.id)))).toBe(sha256(qcow2Content))
+      expect(sha256(await readFile(at.final(raw.id)))).toBe(sha256(rawContent))
+      // Everything in the cache dir is nova's, and nothing but the two bases is left (.part, .aria2, .torrent).
+      const names = (await contents(at.cacheDir)).filter((n) => !n.startsWith('.imgcache'))
+      expect(names.sort()).toEqual([sha1(qcow2.id), sha1(raw.id)].sort())
+      const {stdout} = await execa('stat', ['-c', '%u:%g', at.final(qcow2.id), at.final(raw.id)])
+      expect(stdout.split('\n')).toEqual([`${nova.uid}:${nova.gid}`, `${nova.uid}:${nova.gid}`])
+    }
+
+    await until('aria2c and opentracker to be gone', async () => (await swarmProcesses()).length === 0, 10_000).catch(
+      () => undefined,
+    )
+    expect(await swarmProcesses()).toEqual([])
+    expect(await swarmListeners()).toEqual([])
+    expect(await contents(spoolDir())).toEqual([])
+
+    const again = await precache(configFile, ['--aggregate', 'web', '--json'])
+    expect(again.exitCode).toBe(0)
+    expect(parse(again.stdout)).toMatchObject({totals: {cached: 0, existing: 6}})
+  })
+
+  it('a symlinked .part on one node is refused there (its target untouched); the others finish', async () => {
+    const sub = 'symlink'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    const at = onNode(fleet.node('node2'), sub)
+    await mkdir(at.cacheDir, {recursive: true})
+    await chown(at.cacheDir, nova.uid, nova.gid)
+    const victim = path.join(work, 'victim')
+    await writeFile(victim, 'precious')
+    await symlink(victim, at.part(raw.id))
+    const result = await precache(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-raw'])
+    const report = parse(result.stdout)
+    // Partial: some cached, one refused (the fleet contract).
+    expect(result.exitCode).toBe(3)
+    expect(item(report, 'node2', raw.id)).toMatchObject({code: 'UNSAFE_PATH', status: 'error'})
+    expect(item(report, 'node1', raw.id)).toMatchObject({status: 'cached'})
+    expect(item(report, 'node3', raw.id)).toMatchObject({status: 'cached'})
+    expect(await readFile(victim, 'utf8')).toBe('precious')
+    expect(await swarmProcesses()).toEqual([])
+  })
+
+  it('an image the format inspector refuses (qcow2 with a backing file) is refused on every node, nothing cached', async () => {
+    const sub = 'unsafe'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    const result = await precache(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-backing-file'])
+    const report = parse(result.stdout)
+    // Nothing succeeded: 1 (the fleet contract), each item carrying the refusal's own exit code.
+    expect(result.exitCode).toBe(1)
+    for (const node of fleet.nodes) {
+      expect(item(report, node.name, unsafe.id)?.exitCode).toBe(4)
+      expect(item(report, node.name, unsafe.id)).toMatchObject({status: 'error'})
+      expect(item(report, node.name, unsafe.id)?.code).toMatch(/QCOW2_BACKING_FILE|UNSAFE/)
+      expect(await contents(onNode(node, sub).cacheDir).catch(() => [])).not.toContain(sha1(unsafe.id))
+    }
+
+    expect(await swarmProcesses()).toEqual([])
+  })
+
+  it('a node without aria2c is relayed to, said in the report; with --p2p-fallback none it ends error', async () => {
+    const sub = 'fallback'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    // Stand-in for a host where aria2 is not installed (this machine has it): what sh says then.
+    const noAria2 = path.join(fleet.node('node3').binDir, 'aria2c')
+    await writeFile(noAria2, '#!/bin/sh\necho "sh: 1: aria2c: not found" >&2\nexit 127\n', {mode: 0o755})
+    try {
+      const first = await precache(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-raw'])
+      expect(first.exitCode).toBe(0)
+      const report = parse(first.stdout)
+      expect(report.p2pFallbacks).toEqual([{node: 'node3', reason: 'aria2c is not installed on the node'}])
+      expect(item(report, 'node3', raw.id)).toMatchObject({message: expect.stringMatching(/relayed/), status: 'cached'})
+      expect(item(report, 'node1', raw.id)?.message).toBeUndefined()
+      expect(sha256(await readFile(onNode(fleet.node('node3'), sub).final(raw.id)))).toBe(sha256(rawContent))
+
+      const strict = await precache(configFile, [
+        '--aggregate',
+        'web',
+        '--via',
+        'p2p',
+        '--p2p-fallback',
+        'none',
+        '--force',
+        '--json',
+        'p2p-raw',
+      ])
+      expect(strict.exitCode).toBe(3)
+      const strictReport = parse(strict.stdout)
+      expect(item(strictReport, 'node3', raw.id)).toMatchObject({code: 'NODE_NO_ARIA2C', status: 'error'})
+      expect(item(strictReport, 'node1', raw.id)).toMatchObject({status: 'cached'})
+    } finally {
+      await rm(noAria2, {force: true})
+    }
+  })
+})
