@@ -161,7 +161,7 @@ async function main(): Promise<number> {
     server.serve('/small.raw', {data: image})
     const alias = {
       checksum: `sha256:${createHash('sha256').update(image).digest('hex')}`,
-      id: 'scale-bench-small',
+      id: '5ca1eb3c-0000-4000-8000-000000000001',
       url: server.url('/small.raw'),
     }
 

@@ -311,7 +311,12 @@ describe('imgcache populate', () => {
     url.username = 'demo'
     url.password = password
     url.search = `?sig=${signature}`
-    aliases.signed = {checksum: `sha256:${sha256(content)}`, diskFormat: 'raw', id: 'id-signed', url: url.toString()}
+    aliases.signed = {
+      checksum: `sha256:${sha256(content)}`,
+      diskFormat: 'raw',
+      id: imageUuid('signed'),
+      url: url.toString(),
+    }
     await writeConfig()
     const host = instances('signed')
     const basic = Buffer.from(`demo:${password}`).toString('base64')
@@ -329,8 +334,8 @@ describe('imgcache populate', () => {
     expect(server.gets('/signed')).toMatchObject([
       {authorization: `Basic ${basic}`, query: `?sig=${signature}`, status: 200},
     ])
-    expect((await readFile(host.final('id-signed'))).equals(content)).toBe(true)
-    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1('id-signed')])
+    expect((await readFile(host.final(imageUuid('signed')))).equals(content)).toBe(true)
+    expect(await contents(host.cacheDir)).toEqual(['.imgcache', sha1(imageUuid('signed'))])
   })
 
   it('starts over, and still verifies, when the server ignores the Range request', async () => {

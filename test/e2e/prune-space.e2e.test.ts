@@ -193,12 +193,17 @@ describe('imgcache prune by space on a real tmpfs (e2e, bin/run.js)', () => {
       {name: B, space: {cacheBytesAfter: expect.any(Number), freeBytesAfter: free + a + b, rank: 1}},
       {name: C, space: {cacheBytesAfter: expect.any(Number), freeBytesAfter: free + a + b + c, rank: 2}},
     ])
+    // A dry run names its figures for what prune would do: nothing was removed or reached.
     expect(node.space).toMatchObject({
-      after: {freeBytes: free + a + b + c},
       before: {freeBytes: free, totalBytes: total},
-      reached: true,
       target: {keepFreeBytes: wanted, keepFreeFrom: '--keep-free', keepFreePercent: percent},
+      wouldLeave: {freeBytes: free + a + b + c},
+      wouldReach: true,
+      wouldRemove: 2,
     })
+    expect(node.space).not.toHaveProperty('reached')
+    expect(node.space).not.toHaveProperty('removed')
+    expect(node.decisions.filter((d) => d.space).map((d) => d.outcome)).toEqual(['would-remove', 'would-remove'])
     expect(await listing(host)).toEqual(before)
     // The human lines: in that order, with the figures.
     const text = await runCli([
