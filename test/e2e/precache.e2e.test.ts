@@ -264,7 +264,7 @@ async function watchArgvs(
       const argv = raw.replaceAll('\0', ' ')
       if (argv === '') continue
       for (const leak of leaks(argv)) found.push(`${pids[i]} ${argv.slice(0, 80)}: ${leak}`)
-      if (/curl .*--header @- /.test(argv)) seen.add('curl')
+      if (/curl .*--config - /.test(argv)) seen.add('curl')
       // The agent: python3 by name, or /usr/bin/python3 when a slow-disk wrapper stands first on the PATH.
       if (/^(?:\S*\/)?python3 -c .*fcntl/s.test(argv)) seen.add('agent')
       if (/^ssh .*BatchMode=yes/.test(argv)) seen.add('ssh')

@@ -32,7 +32,7 @@ import {AgentClient} from './agent-client.js'
 import {AGENT_PY} from './agent-py.js'
 import {aria2Argv, aria2Error, type Aria2Progress, parseAria2Summary, type TorrentFetch} from './aria2.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
-import {CURL_COMMON} from './local-curl.js'
+import {CURL_COMMON, localCurlConfig} from './local-curl.js'
 import {RUN_AS_PY, WRITER_PY, WRITER_UNSAFE_STATUS} from './owner-py.js'
 import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
 
@@ -80,13 +80,17 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   })
 }
 
-/** curl as nova-compute's own download would fetch: fail on HTTP errors, follow redirects, abort a stall. */
+/**
+ * curl as nova-compute's own download would fetch: fail on HTTP errors, follow redirects, abort a
+ * stall. The URL (a signed URL's query is a secret) and the headers (the token) are not in its argv:
+ * they reach curl on its stdin as a config file (`--config -`, localCurlConfig), as on the local host.
+ * `--disable` first: no ~/.curlrc on the node changes what is fetched.
+ */
 export function curlArgv(request: UrlFetch): string[] {
   return [
     'curl',
+    '--disable',
     ...CURL_COMMON,
-    '--header',
-    '@-',
     '--speed-limit',
     '1',
     '--speed-time',
@@ -94,8 +98,8 @@ export function curlArgv(request: UrlFetch): string[] {
     ...(request.resumeFrom ? ['--continue-at', String(request.resumeFrom)] : []),
     '--output',
     request.dest,
-    '--',
-    request.url,
+    '--config',
+    '-',
   ]
 }
 
@@ -397,10 +401,8 @@ export class SshNode implements Node {
       request.dest,
     )
     const argv = curlArgv(request)
-    // Headers (the token among them) reach curl on its stdin: `--header @-`.
-    const input = Object.entries(request.headers)
-      .map(([k, v]) => `${k}: ${v}\n`)
-      .join('')
+    // The URL and the headers (the token among them) reach curl on its stdin.
+    const input = localCurlConfig(request)
     const pid = await agent.request<number>(
       'spawn',
       {argv, input: Buffer.from(input).toString('base64')},
