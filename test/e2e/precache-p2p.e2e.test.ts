@@ -10,7 +10,7 @@ import type {ItemResult} from '../../src/lib/populate.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {type CliResult, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, until} from '../helpers/files.js'
-import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
+import {type GlanceHandle, type GlanceImageJson, startGlance, uploadPrecacheImages} from '../helpers/glance.js'
 import {makeImageCorpus} from '../helpers/image-corpus.js'
 import {startNodes, type TestNode, type TestNodes} from '../helpers/nodes.js'
 import {type HostUser, novaUser} from '../helpers/nova-user.js'
@@ -158,15 +158,13 @@ beforeAll(async () => {
     makeImageCorpus(path.join(work, 'corpus')),
     novaUser(),
   ])
-  const rawFile = path.join(work, 'content.raw')
-  const qcow2File = path.join(work, 'content.qcow2')
-  await writeFile(rawFile, qcow2Content)
-  await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', rawFile, qcow2File])
-  ;[qcow2, raw, unsafe] = await Promise.all([
-    glance.uploadImage({diskFormat: 'qcow2', file: qcow2File, name: 'p2p-qcow2'}),
-    glance.uploadImage({data: rawContent, diskFormat: 'raw', name: 'p2p-raw'}),
-    glance.uploadImage({diskFormat: 'qcow2', file: corpus['qcow2-backing-file'].path, name: 'p2p-backing-file'}),
-  ])
+  ;[qcow2, raw, unsafe] = await uploadPrecacheImages(
+    glance,
+    work,
+    {qcow2: qcow2Content, raw: rawContent},
+    corpus['qcow2-backing-file'].path,
+    'p2p',
+  )
 })
 
 afterAll(async () => {

@@ -13,7 +13,7 @@ import {shellCommand} from '../../src/lib/node/quote.js'
 import {imageUuid, sha1} from '../fixtures/nova-host.js'
 import {BIN, type CliResult, flat, runCli, spawnCli} from '../helpers/cli.js'
 import {contents, exists, sizeOf, until} from '../helpers/files.js'
-import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
+import {type GlanceHandle, type GlanceImageJson, startGlance, uploadPrecacheImages} from '../helpers/glance.js'
 import {makeImageCorpus} from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
 import {type KeystoneHandle, startKeystone} from '../helpers/keystone.js'
@@ -321,15 +321,13 @@ beforeAll(async () => {
     makeImageCorpus(path.join(work, 'corpus')),
     keystoneGlance(),
   ])
-  const rawFile = path.join(work, 'content.raw')
-  const qcow2File = path.join(work, 'content.qcow2')
-  await writeFile(rawFile, qcow2Content)
-  await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', rawFile, qcow2File])
-  ;[qcow2, raw, unsafe] = await Promise.all([
-    glance.uploadImage({diskFormat: 'qcow2', file: qcow2File, name: 'e2e-qcow2'}),
-    glance.uploadImage({data: rawContent, diskFormat: 'raw', name: 'e2e-raw'}),
-    glance.uploadImage({diskFormat: 'qcow2', file: corpus['qcow2-backing-file'].path, name: 'e2e-backing-file'}),
-  ])
+  ;[qcow2, raw, unsafe] = await uploadPrecacheImages(
+    glance,
+    work,
+    {qcow2: qcow2Content, raw: rawContent},
+    corpus['qcow2-backing-file'].path,
+    'e2e',
+  )
 })
 
 afterAll(async () => {

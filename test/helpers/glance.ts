@@ -1,7 +1,7 @@
 import got from 'got'
 import {execFile} from 'node:child_process'
 import {createReadStream} from 'node:fs'
-import {mkdtemp, rm, stat} from 'node:fs/promises'
+import {mkdtemp, rm, stat, writeFile} from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import {promisify} from 'node:util'
@@ -220,4 +220,27 @@ export async function startGlance(options: StartGlanceOptions = {}): Promise<Gla
     url,
   }
   return handle
+}
+
+/**
+ * The three images the precache tests fetch, uploaded to `glance`: a qcow2 (converted to raw on the
+ * nodes) made by qemu-img from `content.qcow2`, a raw one, and the corpus's qcow2 with a backing file
+ * (refused everywhere). Names start with `prefix`; files are written in `dir`.
+ */
+export async function uploadPrecacheImages(
+  glance: GlanceHandle,
+  dir: string,
+  content: {qcow2: Buffer; raw: Buffer},
+  unsafeFile: string,
+  prefix: string,
+): Promise<[GlanceImageJson, GlanceImageJson, GlanceImageJson]> {
+  const rawFile = path.join(dir, 'content.raw')
+  const qcow2File = path.join(dir, 'content.qcow2')
+  await writeFile(rawFile, content.qcow2)
+  await promisify(execFile)('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', rawFile, qcow2File])
+  return Promise.all([
+    glance.uploadImage({diskFormat: 'qcow2', file: qcow2File, name: `${prefix}-qcow2`}),
+    glance.uploadImage({data: content.raw, diskFormat: 'raw', name: `${prefix}-raw`}),
+    glance.uploadImage({diskFormat: 'qcow2', file: unsafeFile, name: `${prefix}-backing-file`}),
+  ])
 }
