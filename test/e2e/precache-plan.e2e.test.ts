@@ -240,7 +240,7 @@ describe('precache --in-use', () => {
 
     const human = await runCli(['precache', '--config', config, '-a', 'fleet', '--in-use'])
     expect(human.exitCode).toBe(0)
-    expect(flat(human.stdout)).toMatch(/0 cached, 6 existing, 0 errors, 0 skipped hosts/)
+    expect(flat(human.stdout)).toMatch(/: 6 of 6 node-image pairs already cached$/m)
     expect(flat(human.stderr)).toContain(`warning: image ${gone.id} is in use, but the image service no longer has it`)
   })
 })
