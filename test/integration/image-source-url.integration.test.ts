@@ -106,8 +106,11 @@ describe('UrlSource', () => {
   it('learns the size with HEAD and keeps the declared format and checksum', async () => {
     const record = await source().resolve(id)
     expect(record).toEqual({
+      // Where the checksum came from, for a mismatch's message: this source was given --checksum.
+      checksumFrom: '--checksum',
       diskFormat: 'qcow2',
       id,
+      name: undefined,
       osHashAlgo: 'sha256',
       osHashValue: sha256,
       size: bytes.length,
