@@ -5,7 +5,7 @@
  * directory others can write to is never used; on Node 20 nothing happens.
  */
 import {execa} from 'execa'
-import {chmod, mkdir, mkdtemp, readdir, rm} from 'node:fs/promises'
+import {chmod, mkdir, mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -64,5 +64,60 @@ describe('the compile cache', () => {
     const run = await version(process.execPath, dir)
     expect(run.stdout).toContain(`node-${process.version}`)
     expect(await filesUnder(dir)).toEqual([])
+  })
+})
+
+/**
+ * bin/run.js exits from 'beforeExit' (process.exit, skipping Node's teardown of the heap): only once
+ * everything is done, so a report larger than a pipe holds reaches a reader that takes its time
+ * whole, the command's exit code stays, and Node 22 still writes its compile cache at that exit.
+ */
+describe('the exit once a command is done', () => {
+  let work: string
+  let node22: string
+  let instances: string
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'imgcache-e2e-exit-'))
+    node22 = join((await execa('scripts/node-from-npm.sh', [], {cwd: REPO})).stdout.trim(), 'node')
+    instances = join(work, 'instances')
+    const base = join(instances, '_base')
+    await mkdir(base, {recursive: true})
+    // Four hundred cache entries: a --json report of a few hundred kilobytes, several pipe buffers.
+    for (let i = 0; i < 400; i++) await writeFile(join(base, i.toString(16).padStart(40, '0')), '')
+  }, 300_000)
+  afterAll(async () => {
+    await rm(work, {force: true, recursive: true})
+  })
+
+  it.each([
+    ['Node 22', () => node22],
+    ['Node 20', () => process.execPath],
+  ])('gives a slow reader the whole report and keeps the exit code (%s)', async (_, node) => {
+    const env = {IMGCACHE_COMPILE_CACHE: join(work, `cc-${node().length}`), NODE_ENV: 'production'}
+    const direct = await execa(node(), [BIN, 'inspect', '--instances-path', instances, '--json'], {env})
+    expect(direct.stdout.length).toBeGreaterThan(200_000)
+    // The reader starts a second late: the CLI's writes wait on a full pipe.
+    const slow = await execa(
+      'sh',
+      ['-c', `"$0" "$1" inspect --instances-path "$2" --json | { sleep 1; cat; }`, node(), BIN, instances],
+      {env},
+    )
+    expect(JSON.parse(slow.stdout).nodes[0].totals.entries).toBe(400)
+    expect(slow.stdout.length).toBe(direct.stdout.length)
+    const missing = await execa(node(), [BIN, 'inspect', '--instances-path', join(work, 'none'), '--json'], {
+      env,
+      reject: false,
+    })
+    expect(missing.exitCode).toBe(2)
+    expect(JSON.parse(missing.stdout).status).toBe(2)
+  })
+
+  it("writes Node 22's compile cache on the first run, as Node's own exit does", async () => {
+    const dir = join(work, 'cc-first')
+    await execa(node22, [BIN, 'inspect', '--instances-path', instances, '--json'], {
+      env: {IMGCACHE_COMPILE_CACHE: dir, NODE_ENV: 'production'},
+    })
+    // The entry, oclif's chunk and inspect's own modules, not only what was compiled before the command ran.
+    expect((await filesUnder(dir)).length).toBeGreaterThan(6)
   })
 })
