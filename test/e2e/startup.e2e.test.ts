@@ -92,8 +92,8 @@ describe('the exit once a command is done', () => {
   it.each([
     ['Node 22', () => node22],
     ['Node 20', () => process.execPath],
-  ])('gives a slow reader the whole report and keeps the exit code (%s)', async (_, node) => {
-    const env = {IMGCACHE_COMPILE_CACHE: join(work, `cc-${node().length}`), NODE_ENV: 'production'}
+  ])('gives a slow reader the whole report and keeps the exit code (%s)', async (label, node) => {
+    const env = {IMGCACHE_COMPILE_CACHE: join(work, `cc-${label.replace(' ', '')}`), NODE_ENV: 'production'}
     const direct = await execa(node(), [BIN, 'inspect', '--instances-path', instances, '--json'], {env})
     expect(direct.stdout.length).toBeGreaterThan(200_000)
     // The reader starts a second late: the CLI's writes wait on a full pipe.
