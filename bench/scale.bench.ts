@@ -14,7 +14,10 @@
  * linearly to 1,000 and 5,000 nodes; the baseline is `node bin/run.js --version` (the CLI's start-up).
  * Target: the peak RSS at the largest N within 10 % of the smallest at each concurrency. The run
  * fails when a precache does not cache the image on every node, or the target is missed.
- * Knobs: SCALE_NODES=50,100,200 SCALE_CONCURRENCY=16,64.
+ * Each point is the median of SCALE_RUNS runs (default 3), each into a fresh instances directory:
+ * the peak RSS of a Node process depends on when V8 collects its old generation, which varies
+ * from run to run on a loaded machine.
+ * Knobs: SCALE_NODES=50,100,200 SCALE_CONCURRENCY=16,64 SCALE_RUNS=3.
  */
 import {spawn} from 'node:child_process'
 import {createHash} from 'node:crypto'
@@ -35,6 +38,7 @@ const COUNTS = (process.env.SCALE_NODES ?? '50,100,200').split(',').map(Number)
 const CONCURRENCY = (process.env.SCALE_CONCURRENCY ?? '16,64').split(',').map(Number)
 /** Nodes started per nodes.sh run, several runs at once (one sshd start is mostly waiting). */
 const BATCH = 50
+const RUNS = Number(process.env.SCALE_RUNS ?? 3)
 const TARGET_RSS_GROWTH = 0.1
 const BIN = join(REPO_ROOT, 'bin', 'run.js')
 const CLI_ENV = {
@@ -55,6 +59,10 @@ interface Sample extends Peaks {
   concurrency: number
   nodes: number
   wallMs: number
+}
+
+function median(values: number[]): number {
+  return values.sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 }
 
 function kb(status: string, field: string): number {
@@ -172,49 +180,63 @@ async function main(): Promise<number> {
     const samples: Sample[] = []
     for (const concurrency of CONCURRENCY) {
       for (const count of COUNTS) {
-        const nodes = all.slice(0, count)
-        const sub = `c${concurrency}-n${count}`
-        await Promise.all(nodes.map((n) => mkdir(join(n.instancesPath, sub), {recursive: true})))
-        const file = join(work, `${sub}.json`)
-        await writeFile(file, JSON.stringify(config(nodes, sub, alias)))
-        const ports = new Set(nodes.map((n) => String(n.port)))
-        const t0 = performance.now()
-        const run = await sampled(
-          [
-            'precache',
-            '--config',
-            file,
-            '--aggregate',
-            'scale',
-            '--via',
-            'node',
-            '--concurrency',
-            String(concurrency),
-            '--json',
-            'small',
-          ],
-          ports,
-        )
-        const wallMs = performance.now() - t0
-        const report = JSON.parse(run.stdout || '{}') as Partial<PrecacheReport>
-        if (run.code !== 0 || report.totals?.cached !== count) {
-          console.error(
-            `precache of ${count} nodes at concurrency ${concurrency}: exit ${run.code}, totals ${JSON.stringify(report.totals)}`,
+        const runs: Sample[] = []
+        for (let r = 0; r < RUNS; r++) {
+          const nodes = all.slice(0, count)
+          const sub = `c${concurrency}-n${count}-r${r}`
+          await Promise.all(nodes.map((n) => mkdir(join(n.instancesPath, sub), {recursive: true})))
+          const file = join(work, `${sub}.json`)
+          await writeFile(file, JSON.stringify(config(nodes, sub, alias)))
+          const ports = new Set(nodes.map((n) => String(n.port)))
+          const t0 = performance.now()
+          const run = await sampled(
+            [
+              'precache',
+              '--config',
+              file,
+              '--aggregate',
+              'scale',
+              '--via',
+              'node',
+              '--concurrency',
+              String(concurrency),
+              '--json',
+              'small',
+            ],
+            ports,
           )
-          return 1
+          const wallMs = performance.now() - t0
+          const report = JSON.parse(run.stdout || '{}') as Partial<PrecacheReport>
+          if (run.code !== 0 || report.totals?.cached !== count) {
+            console.error(
+              `precache of ${count} nodes at concurrency ${concurrency}: exit ${run.code}, totals ${JSON.stringify(report.totals)}`,
+            )
+            return 1
+          }
+
+          runs.push({
+            concurrency,
+            hwmBytes: run.hwmBytes,
+            nodes: count,
+            openFds: run.openFds,
+            sshClients: run.sshClients,
+            wallMs,
+          })
         }
 
-        samples.push({
+        const point: Sample = {
           concurrency,
-          hwmBytes: run.hwmBytes,
+          hwmBytes: median(runs.map((s) => s.hwmBytes)),
           nodes: count,
-          openFds: run.openFds,
-          sshClients: run.sshClients,
-          wallMs,
-        })
+          openFds: Math.max(...runs.map((s) => s.openFds)),
+          sshClients: Math.max(...runs.map((s) => s.sshClients)),
+          wallMs: median(runs.map((s) => s.wallMs)),
+        }
+        samples.push(point)
         console.log(
-          `concurrency ${String(concurrency).padStart(2)}, ${String(count).padStart(3)} nodes: peak RSS ${(run.hwmBytes / MiB).toFixed(1)} MiB, ` +
-            `peak fds ${run.openFds}, peak ssh clients ${run.sshClients}, wall ${seconds(wallMs)} (${(wallMs / count).toFixed(0)} ms per node)`,
+          `concurrency ${String(concurrency).padStart(2)}, ${String(count).padStart(3)} nodes: peak RSS ${(point.hwmBytes / MiB).toFixed(1)} MiB ` +
+            `(median of ${runs.map((s) => (s.hwmBytes / MiB).toFixed(1)).join(', ')}), ` +
+            `peak fds ${point.openFds}, peak ssh clients ${point.sshClients}, wall ${seconds(point.wallMs)} (${(point.wallMs / count).toFixed(0)} ms per node)`,
         )
       }
     }

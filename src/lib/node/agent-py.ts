@@ -610,3 +610,20 @@ while True:
         waiting.append(p)
     pending = waiting
 `
+
+/**
+ * How an SSH node starts the agent: this small loader reads AGENT_PY (its byte length is argv[1])
+ * from stdin, then runs it; the requests follow on the same stdin. The program itself is ~20 KiB:
+ * given as `python3 -c PROGRAM`, it would be quoted into every agent's ssh command line, and the
+ * process runner escapes that line again for its messages, a few hundred KiB of short-lived strings
+ * per node, which is most of what a driver of hundreds of nodes allocates (DESIGN §11). os.read on
+ * fd 0, never sys.stdin: a buffered reader would swallow the first requests the agent reads from fd 0.
+ */
+export const AGENT_BOOT_PY = `import os, sys
+n = int(sys.argv[1]); b = b""
+while len(b) < n:
+    c = os.read(0, n - len(b))
+    if not c: sys.exit(0)
+    b += c
+exec(compile(b, "imgcache-agent", "exec"))
+`

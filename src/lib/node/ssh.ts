@@ -29,7 +29,7 @@ import type {
 
 import {ImgcacheError, RemoteCommandError, unsafePath} from '../errors.js'
 import {AgentClient} from './agent-client.js'
-import {AGENT_PY} from './agent-py.js'
+import {AGENT_BOOT_PY, AGENT_PY} from './agent-py.js'
 import {aria2Argv, aria2Error, type Aria2Progress, parseAria2Summary, type TorrentFetch} from './aria2.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
 import {CURL_COMMON, localCurlConfig} from './local-curl.js'
@@ -617,10 +617,10 @@ export class SshNode implements Node {
   }
 
   /** Start an argv on the node with streams (uploads, downloads, the agent). */
-  spawn(argv: string[], options: {stdin: 'ignore' | 'pipe'}): ResultPromise {
+  spawn(argv: string[], options: {keepStderr?: boolean; stdin: 'ignore' | 'pipe'}): ResultPromise {
     // Every spawn follows connect(), whose exec() has loaded execa.
     const child = loadedExeca()('ssh', sshArgv(this.target, argv, {noStdin: options.stdin === 'ignore'}), {
-      buffer: {stderr: true, stdout: false},
+      buffer: {stderr: options.keepStderr ?? true, stdout: false},
       detached: true, // out of the terminal's process group, as in exec()
       encoding: 'buffer',
       reject: false,
@@ -668,7 +668,14 @@ export class SshNode implements Node {
     if (this.agent) return this.agent
     await this.connect()
     if (this.agent) return this.agent
-    const child = this.spawn(['python3', '-c', AGENT_PY], {stdin: 'pipe'})
+    // The program on stdin, ahead of the requests (AGENT_BOOT_PY): not in the ssh command line.
+    const program = Buffer.from(AGENT_PY)
+    // Its stderr is the client's to keep (the last 4000 characters): not buffered a second time.
+    const child = this.spawn(['python3', '-c', AGENT_BOOT_PY, String(program.length)], {
+      keepStderr: false,
+      stdin: 'pipe',
+    })
+    child.stdin!.write(program)
     this.agent = new AgentClient(
       {
         exited: child,
