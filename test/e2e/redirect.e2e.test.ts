@@ -6,7 +6,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {imageUuid, sha1} from '../fixtures/nova-host.js'
 import {type CliResult, runCli} from '../helpers/cli.js'
-import {startNodes, type TestNodes} from '../helpers/nodes.js'
+import {nodeConfigEntry, startNodes, type TestNodes} from '../helpers/nodes.js'
 import {payload, sha256} from '../helpers/payload.js'
 import {type RecordedRequest, type RedirectServers, startRedirectServers} from '../helpers/redirect-servers.js'
 
@@ -62,16 +62,7 @@ function assertNoSecretReached(from: number): RecordedRequest[] {
 async function writeConfig(sub: string, extra: Record<string, unknown> = {}): Promise<{file: string; root: string}> {
   const root = path.join(work, sub)
   const nodes: Record<string, Record<string, number | string>> = {}
-  for (const n of fleet.nodes) {
-    nodes[n.name] = {
-      host: n.host,
-      identityFile: n.identityFile,
-      instancesPath: path.join(n.instancesPath, sub),
-      knownHostsFile: n.knownHostsFile,
-      port: n.port,
-      user: n.user,
-    }
-  }
+  for (const n of fleet.nodes) nodes[n.name] = nodeConfigEntry(n, path.join(n.instancesPath, sub))
 
   const file = path.join(work, `${sub}.json`)
   await writeFile(
