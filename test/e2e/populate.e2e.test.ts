@@ -18,7 +18,7 @@ import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/g
 import {type CorpusName, makeImageCorpus} from '../helpers/image-corpus.js'
 import {type ImageServer, startImageServer} from '../helpers/image-server.js'
 import {holdOsloLock, osloSees} from '../helpers/oslo-lock.js'
-import {payload, sha256} from '../helpers/payload.js'
+import {payload, sha256, sparsePayload} from '../helpers/payload.js'
 
 // bin/run.js populate / overlay as an operator runs them: exit codes, --json, files on disk. One
 // glance-api for the file (its data dir is ours, so that it can be killed and started again), a
@@ -846,7 +846,7 @@ describe('an overlay killed before its rename', () => {
 describe('glance-api killed mid-transfer', () => {
   it('fails naming the transfer (exit 1), removes the temporaries and releases the lock; works once Glance is back', async () => {
     // From 64 MiB on, the bytes are hashed on a worker thread (fetch/tap.ts), which must not outlive the run.
-    const content = payload(16, 72 * MiB)
+    const content = sparsePayload(16, 72 * MiB, 3 * MiB)
     const image = await glance.uploadImage({data: content, diskFormat: 'raw', name: 'e2e-fifo'})
     // Glance's file store reads the image file as it sends it: a FIFO in its place lets the test
     // decide how far the transfer gets before glance-api is killed.

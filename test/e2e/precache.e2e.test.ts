@@ -19,7 +19,7 @@ import {type ImageServer, startImageServer} from '../helpers/image-server.js'
 import {type KeystoneHandle, startKeystone} from '../helpers/keystone.js'
 import {startNodes, type TestNode, type TestNodes} from '../helpers/nodes.js'
 import {osloSees} from '../helpers/oslo-lock.js'
-import {payload, sha256} from '../helpers/payload.js'
+import {payload, sha256, sparsePayload} from '../helpers/payload.js'
 import {deadPort} from '../helpers/ports.js'
 
 // bin/run.js precache over real sshd nodes on loopback, as an operator runs it from a bastion:
@@ -896,7 +896,7 @@ describe('imgcache precache', () => {
       if (!(await glanceAnswers())) await restartGlance()
       const sub = `glance-killed-${via}-${seed}`
       // From 64 MiB on, the bytes are hashed on a worker thread (fetch/tap.ts): the size that hung.
-      const content = payload(seed, 72 * MiB)
+      const content = sparsePayload(seed, 72 * MiB, 3 * MiB)
       const name = `e2e-fifo-${via}-${seed}`
       const image = await glance.uploadImage({data: content, diskFormat: 'raw', name})
       // Glance's file store reads the image file as it sends it: a FIFO in its place lets the test

@@ -210,3 +210,15 @@ export async function startNodes(count: number, options: StartNodesOptions = {})
     },
   }
 }
+
+/** A node's entry under `nodes:` in an imgcache config: how to reach it, and its instances path. */
+export function nodeConfigEntry(n: TestNode, instancesPath: string): Record<string, number | string> {
+  return {
+    host: n.host,
+    identityFile: n.identityFile,
+    instancesPath,
+    knownHostsFile: n.knownHostsFile,
+    port: n.port,
+    user: n.user,
+  }
+}

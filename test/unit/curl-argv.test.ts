@@ -30,6 +30,14 @@ describe('curl on an SSH node (--via node)', () => {
     expect(config).toContain('header = "X-Auth-Token: gAAAA-secret-token"')
   })
 
+  it('follows no redirect itself when the request carries headers (a token), and prints where it led', () => {
+    const argv = curlArgv(request).join(' ')
+    expect(argv).toContain('--max-redirs 0')
+    expect(argv).toContain('%{redirect_url}')
+    expect(curlArgv({...request, headers: {}}).join(' ')).toContain('--max-redirs 10')
+    expect(curlArgv({...request, headers: {}}).join(' ')).not.toContain('%{redirect_url}')
+  })
+
   it('resumes with --continue-at when asked', () => {
     expect(curlArgv({...request, resumeFrom: 4096}).join(' ')).toContain('--continue-at 4096')
   })

@@ -10,6 +10,7 @@ import type {Spool} from './spool.js'
 import {describeError, ImgcacheError} from '../errors.js'
 import {FormatInspector, inspectSource} from '../formats/index.js'
 import {WRITEBACK_BYTES} from '../node/writeback.js'
+import {followRedirect, MAX_REDIRECTS, RedirectedError, type RedirectHop, redirectLoopError} from '../redirect.js'
 import {followDownload, readAt} from './follow.js'
 import {VerifyingTap} from './tap.js'
 
@@ -240,16 +241,26 @@ export function nodeFetchTransfer(source: ImageSource): Transfer {
     const partial = input.fresh ? undefined : await node.stat(part)
     let resumeFrom = resumable(partial, image) ? partial.size : 0
     if (resumeFrom === 0 && partial) await node.remove(part)
-    const fetch = (from: number) =>
-      node.fetchUrl!(
-        {dest: part, headers: request.headers, resumeFrom: from || undefined, stallSeconds: 60, url: request.url},
-        {
-          onBytes: (bytes) => input.onBytes(bytes, 'downloading'),
-          signal: input.signal,
-        },
-      ).catch((error: unknown) => {
-        throw nodeFetchError(error, input, source)
-      })
+    let hop: RedirectHop = request
+    const fetch = async (from: number): Promise<void> => {
+      // The node's curl follows no redirect of a request with a token (curlRedirectArgv): each hop is
+      // re-issued here, to another origin without the token (src/lib/redirect.ts).
+      for (let hops = 0; ; hops++) {
+        try {
+          // eslint-disable-next-line no-await-in-loop
+          return await node.fetchUrl!(
+            {dest: part, headers: hop.headers, resumeFrom: from || undefined, stallSeconds: 60, url: hop.url},
+            {onBytes: (bytes) => input.onBytes(bytes, 'downloading'), signal: input.signal},
+          )
+        } catch (error) {
+          if (!(error instanceof RedirectedError)) throw nodeFetchError(error, input, source)
+          if (hops >= MAX_REDIRECTS) throw redirectLoopError(source.description, image.id)
+
+          hop = followRedirect(hop, error.location, image.id)
+        }
+      }
+    }
+
     if (image.size === undefined || resumeFrom < image.size) {
       try {
         await fetch(resumeFrom)
@@ -350,6 +361,7 @@ const CURL_CODES = new Set([
   'NO_SPACE',
   'NODE_CANNOT_REACH_SOURCE',
   'NODE_NO_CURL',
+  'REDIRECT_LOOP',
   'SOURCE_HTTP_ERROR',
   'TRANSFER_FAILED',
   'TRANSFER_STALLED',

@@ -2,6 +2,7 @@ import got, {type Got, type Headers, HTTPError, TimeoutError} from 'got'
 import {PassThrough, type Readable} from 'node:stream'
 
 import {ImgcacheError, UsageError} from '../errors.js'
+import {CREDENTIAL_HEADERS, MAX_REDIRECTS, redirectLoopError, redirectRefusedError, sameOrigin} from '../redirect.js'
 
 export interface HttpOptions {
   /** PEM CA bundle for TLS (the content, not the path). */
@@ -30,8 +31,11 @@ export function createHttpClient(options: HttpOptions = {}): HttpClient {
     retries: options.retries ?? 2,
   }
   const client = got.extend({
+    followRedirect: true,
     headers: {'user-agent': 'imgcache'},
+    hooks: {beforeRedirect: [dropCredentialsAcrossOrigins]},
     https: {certificateAuthority: options.ca, rejectUnauthorized: !options.insecure},
+    maxRedirects: MAX_REDIRECTS,
     retry: {limit: resolved.retries, methods: ['GET', 'HEAD']},
     timeout: {
       connect: resolved.connectTimeoutMs,
@@ -41,6 +45,44 @@ export function createHttpClient(options: HttpOptions = {}): HttpClient {
     },
   })
   return {client, options: resolved}
+}
+
+/** A request with a body redirected to another origin (redirectRefusedError names both). */
+class CrossOriginRedirect extends Error {
+  readonly code = 'ERR_REDIRECT_REFUSED'
+
+  constructor(
+    readonly from: string,
+    readonly to: string,
+  ) {
+    super('a request with a body was redirected to another origin')
+  }
+}
+
+/**
+ * got's beforeRedirect hook (src/lib/redirect.ts): to another origin, the credential headers are
+ * dropped (got itself drops only Authorization and cookies, on a new host or port, not on a new
+ * scheme), and once dropped they stay dropped for the later hops. A request with a body (Keystone's
+ * POST of a password) is not sent on to another origin at all: got would re-post it (methodRewriting
+ * is off).
+ */
+function dropCredentialsAcrossOrigins(
+  options: {body?: unknown; headers: Headers; json?: unknown; method: string; url?: string | URL},
+  response: {url: string},
+): void {
+  const to = String(options.url)
+  if (sameOrigin(response.url, to)) return
+  if (
+    !['GET', 'HEAD'].includes(options.method.toUpperCase()) ||
+    options.body !== undefined ||
+    options.json !== undefined
+  ) {
+    throw new CrossOriginRedirect(response.url, to)
+  }
+
+  for (const name of Object.keys(options.headers)) {
+    if (CREDENTIAL_HEADERS.includes(name.toLowerCase())) delete options.headers[name]
+  }
 }
 
 /** What a request was about, for error messages. `secrets` are scrubbed from any text shown. */
@@ -129,6 +171,12 @@ export function networkError(err: unknown, ctx: RequestContext): ImgcacheError {
   if (err instanceof ImgcacheError) return err
   const code = String((err as {code?: unknown})?.code ?? '')
   const cause = plainCause(err, ctx.secrets)
+  if (code === 'ERR_TOO_MANY_REDIRECTS') return redirectLoopError(ctx.service, ctx.image, cause)
+  const refused = (err as {cause?: unknown})?.cause
+  if (refused instanceof CrossOriginRedirect) {
+    return redirectRefusedError(ctx.service, ctx.image, refused.from, refused.to, cause)
+  }
+
   const base = {cause, image: ctx.image}
   const check = [
     'Check that the service is running and reachable from here (firewall, proxy, VPN).',

@@ -1,9 +1,32 @@
 import type {UrlFetch} from './types.js'
 
 import {ImgcacheError} from '../errors.js'
+import {MAX_REDIRECTS} from '../redirect.js'
 
 /** How imgcache runs curl anywhere: quiet but for errors, an HTTP error is a failure, redirects followed over http(s) only. */
 export const CURL_COMMON = ['--silent', '--show-error', '--fail', '--location', '--proto', '=http,https']
+
+/** The line curlRedirectArgv has curl write on its stderr: the Location of a redirect it did not follow. */
+export const CURL_REDIRECT_MARK = 'imgcache-redirect-to: '
+
+/**
+ * How many redirects curl follows itself (src/lib/redirect.ts). curl sends custom headers, our
+ * X-Auth-Token among them, to wherever a redirect leads (curl(1), -H: "headers set with this option
+ * are sent to all hosts in redirects"): a request with headers (all of them credentials) therefore
+ * follows none (`--max-redirs 0`, curl exit 47) and imgcache re-issues it itself, to another origin
+ * without them. `withLocation` has curl print the redirect's target on stderr after
+ * CURL_REDIRECT_MARK (SSH nodes: the hop is re-issued on the node); the local mover does not need
+ * it: a curl that ends before its first byte hands the request to the streamed download (got),
+ * whose redirect hook drops them.
+ */
+export function curlRedirectArgv(request: Pick<UrlFetch, 'headers'>, withLocation: boolean): string[] {
+  if (Object.keys(request.headers).length === 0) return ['--max-redirs', String(MAX_REDIRECTS)]
+  return [
+    '--max-redirs',
+    '0',
+    ...(withLocation ? ['--write-out', `%{stderr}${CURL_REDIRECT_MARK}%{redirect_url}\\n`] : []),
+  ]
+}
 
 /**
  * curl as the local host's data mover (LocalNode.downloadInto), under `setpriv --pdeathsig KILL`:
@@ -14,7 +37,7 @@ export const CURL_COMMON = ['--silent', '--show-error', '--fail', '--location', 
  * image service client (got) imgcache would otherwise use, no proxy from the environment. The body
  * goes to stdout, which is the `.part`'s descriptor.
  */
-export function localCurlArgv(request: Pick<UrlFetch, 'stallSeconds'>): string[] {
+export function localCurlArgv(request: Pick<UrlFetch, 'headers' | 'stallSeconds'>): string[] {
   return [
     'setpriv',
     '--pdeathsig',
@@ -23,6 +46,7 @@ export function localCurlArgv(request: Pick<UrlFetch, 'stallSeconds'>): string[]
     'curl',
     '--disable',
     ...CURL_COMMON,
+    ...curlRedirectArgv(request, false),
     '--proto-redir',
     '=http,https',
     '--noproxy',

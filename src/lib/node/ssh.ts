@@ -28,11 +28,12 @@ import type {
 } from './types.js'
 
 import {ImgcacheError, RemoteCommandError, unsafePath} from '../errors.js'
+import {RedirectedError} from '../redirect.js'
 import {AgentClient} from './agent-client.js'
 import {AGENT_BOOT_PY, AGENT_PY} from './agent-py.js'
 import {aria2Argv, aria2Error, type Aria2Progress, parseAria2Summary, type TorrentFetch} from './aria2.js'
 import {loadedExeca, loadExeca} from './execa-lazy.js'
-import {CURL_COMMON, localCurlConfig} from './local-curl.js'
+import {CURL_COMMON, CURL_REDIRECT_MARK, curlRedirectArgv, localCurlConfig} from './local-curl.js'
 import {RUN_AS_PY, WRITER_PY, WRITER_UNSAFE_STATUS} from './owner-py.js'
 import {classifySshFailure, SSH_FAILURE_STATUS, sshArgv, sshControlArgv, type SshTarget} from './ssh-args.js'
 
@@ -81,8 +82,8 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
- * curl as nova-compute's own download would fetch: fail on HTTP errors, follow redirects, abort a
- * stall. The URL (a signed URL's query is a secret) and the headers (the token) are not in its argv:
+ * curl as nova-compute's own download would fetch: fail on HTTP errors, follow redirects (but with
+ * a token none: curlRedirectArgv, and nodeFetchTransfer re-issues the request), abort a stall. The URL (a signed URL's query is a secret) and the headers (the token) are not in its argv:
  * they reach curl on its stdin as a config file (`--config -`, localCurlConfig), as on the local host.
  * `--disable` first: no ~/.curlrc on the node changes what is fetched.
  */
@@ -91,6 +92,7 @@ export function curlArgv(request: UrlFetch): string[] {
     'curl',
     '--disable',
     ...CURL_COMMON,
+    ...curlRedirectArgv(request, true),
     '--speed-limit',
     '1',
     '--speed-time',
@@ -118,12 +120,9 @@ export function curlError(
       return 'the image service'
     }
   })()
-  const said =
-    stderr
-      .trim()
-      .split('\n')
-      .at(-1)
-      ?.replace(/^curl: \(\d+\)\s*/, '') ?? ''
+  const lines = stderr.trim().split('\n')
+  const location = lines.find((line) => line.startsWith(CURL_REDIRECT_MARK))?.slice(CURL_REDIRECT_MARK.length)
+  const said = lines.findLast((line) => !line.startsWith(CURL_REDIRECT_MARK))?.replace(/^curl: \(\d+\)\s*/, '') ?? ''
   const make = (code: string, message: string, suggestions: string[]) =>
     new ImgcacheError(code, `${where}: ${message}${said ? ` (curl: ${said})` : ''}`, {node: node.name, suggestions})
   switch (exitCode) {
@@ -163,6 +162,14 @@ export function curlError(
     case 33: {
       return make('RANGE_UNSUPPORTED', `${host} does not support resuming (HTTP Range)`, [
         'The download starts over from the beginning.',
+      ])
+    }
+
+    case 47: {
+      // A redirect curl was told not to follow (a request with a token): imgcache follows it.
+      if (location) return new RedirectedError(location, {node: node.name})
+      return make('REDIRECT_LOOP', `${host} redirected the download more than curl follows (a redirect loop)`, [
+        'Check the image service endpoint and any proxy in front of it: its redirects lead back to themselves.',
       ])
     }
 
