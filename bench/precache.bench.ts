@@ -1,17 +1,21 @@
 /**
- * `imgcache precache` over a fleet on the test network (test/harness/testnet.sh): 8 sshd nodes whose
+ * `imgcache precache` over a fleet on the test network (test/harness/testnet.sh): sshd nodes whose
  * links are capped at 200 Mbit/s, a real glance-api in a host of its own capped at 400 Mbit/s (the
  * origin the whole fleet shares), and imgcache itself run in a third host capped at 1 Gbit/s (the
  * operator's bastion). Three raw images of 32, 64 and 128 MiB of incompressible bytes, declared raw
  * so that no conversion runs and the figures are about moving bytes.
  *
- * From one run: a Nova-like baseline (`--via node --concurrency 1`: one node at a time, one image at
- * a time, each node fetching from Glance, as Nova's default precache_concurrency = 1 does), then
- * `--via node --concurrency 8` and `--via relay --concurrency 8`. For each: wall time, ratio to the
- * baseline, bytes that left the origin's and the bastion's links (the kernel's counters), the
- * physical bound (bytes that must cross the narrowest link ÷ its rate) and how close the run came.
- * Figures are ratios and fractions of the links measured in this run, never absolute limits; the
- * run fails only when a precache does not cache every image on every node.
+ * At each node count of BENCH_NODES (default 8; e.g. 8,16,32: the largest count's nodes are started
+ * once and each count runs on the first n of them), the runs of BENCH_MODES: a Nova-like baseline
+ * (`--via node --concurrency 1`, as Nova's default precache_concurrency = 1; smallest count only),
+ * then `--via node`, `--via relay` and `--via p2p` with every node at once, and (smallest count
+ * only) the plain-tool references and the scan. For each: wall time, the bytes that left the
+ * origin's and the bastion's links (the kernel's counters), the physical bound (bytes that must cross
+ * the narrowest link ÷ its rate) and how close the run came; then the node-count axis: p2p against
+ * relay at the largest count and p2p's growth from the smallest count to the largest. The
+ * aggregates declare their links (linkSpeeds), as an operator does: p2p's seeds pace themselves by
+ * the nodes' rate. Figures are ratios and fractions of the links measured in this run, never
+ * absolute limits; the run fails only when a precache does not cache every image on every node.
  */
 import {createCipheriv, createHash} from 'node:crypto'
 import {createWriteStream} from 'node:fs'
