@@ -1,17 +1,21 @@
 /**
- * `imgcache precache` over a fleet on the test network (test/harness/testnet.sh): 8 sshd nodes whose
+ * `imgcache precache` over a fleet on the test network (test/harness/testnet.sh): sshd nodes whose
  * links are capped at 200 Mbit/s, a real glance-api in a host of its own capped at 400 Mbit/s (the
  * origin the whole fleet shares), and imgcache itself run in a third host capped at 1 Gbit/s (the
  * operator's bastion). Three raw images of 32, 64 and 128 MiB of incompressible bytes, declared raw
  * so that no conversion runs and the figures are about moving bytes.
  *
- * From one run: a Nova-like baseline (`--via node --concurrency 1`: one node at a time, one image at
- * a time, each node fetching from Glance, as Nova's default precache_concurrency = 1 does), then
- * `--via node --concurrency 8` and `--via relay --concurrency 8`. For each: wall time, ratio to the
- * baseline, bytes that left the origin's and the bastion's links (the kernel's counters), the
- * physical bound (bytes that must cross the narrowest link ÷ its rate) and how close the run came.
- * Figures are ratios and fractions of the links measured in this run, never absolute limits; the
- * run fails only when a precache does not cache every image on every node.
+ * At each node count of BENCH_NODES (default 8; e.g. 8,16,32: the largest count's nodes are started
+ * once and each count runs on the first n of them), the runs of BENCH_MODES: a Nova-like baseline
+ * (`--via node --concurrency 1`, as Nova's default precache_concurrency = 1; smallest count only),
+ * then `--via node`, `--via relay` and `--via p2p` with every node at once, and (smallest count
+ * only) the plain-tool references and the scan. For each: wall time, the bytes that left the
+ * origin's and the bastion's links (the kernel's counters), the physical bound (bytes that must cross
+ * the narrowest link ÷ its rate) and how close the run came; then the node-count axis: p2p against
+ * relay at the largest count and p2p's growth from the smallest count to the largest. The
+ * aggregates declare their links (linkSpeeds), as an operator does: p2p's seeds pace themselves by
+ * the nodes' rate. Figures are ratios and fractions of the links measured in this run, never
+ * absolute limits; the run fails only when a precache does not cache every image on every node.
  */
 import {createCipheriv, createHash} from 'node:crypto'
 import {createWriteStream} from 'node:fs'
@@ -36,8 +40,31 @@ import {ensureBuilt} from './lib/build.js'
 import {REPO_ROOT, seconds, times, writeFigures} from './lib/measure.js'
 
 const MiB = 1024 * 1024
-/** The fleet's size: 8 by default; BENCH_NODES=16 or 32 for the node-count axis (p2p's flatness). */
-const NODE_COUNT = Number(process.env.BENCH_NODES ?? 8)
+/**
+ * The fleet's sizes: BENCH_NODES=8 (default) or a list, BENCH_NODES=8,16,32, for the node-count axis
+ * (p2p's flatness). The largest count's nodes are started once; each count runs on the first n of
+ * them (an aggregate of its own), so every count has the same links, images and nodes.
+ */
+function nodeCounts(text: string): number[] {
+  const counts = text.split(',').map((c) => Number(c.trim()))
+  if (counts.some((c) => !Number.isInteger(c) || c < 1))
+    throw new Error(`BENCH_NODES=${text}: give counts, e.g. 8,16,32`)
+  return [...new Set(counts)].sort((a, b) => a - b)
+}
+
+const COUNTS = nodeCounts(process.env.BENCH_NODES ?? '8')
+const MAX_NODES = COUNTS.at(-1)!
+/**
+ * Which runs: BENCH_MODES=baseline,node,relay,p2p,reference (default: all). The baseline (one node
+ * at a time: 9.4 s a node here) and the references (plain curl, plain ssh, the scan) run at the
+ * smallest count only: they describe the machine, and the baseline at 32 nodes alone takes 5 minutes.
+ */
+const WANTED = new Set((process.env.BENCH_MODES ?? 'baseline,node,relay,p2p,reference').split(','))
+for (const w of WANTED) {
+  if (!['baseline', 'node', 'p2p', 'reference', 'relay'].includes(w))
+    throw new Error(`BENCH_MODES: unknown ${w}; give some of baseline,node,relay,p2p,reference`)
+}
+
 const IMAGE_MIB = [32, 64, 128]
 /** Link caps as tc reads them (k, m, g are powers of ten) and in bits per second. */
 const LINKS = {
@@ -52,6 +79,10 @@ const TARGETS = {
   originUse: 0.85,
   /** p2p: bastion TX at most this many times the images (the seed's share; the nodes serve the rest). */
   p2pBastion: 2,
+  /** p2p's time at the largest count at most this many times its time at the smallest (flat in the fleet size). */
+  p2pFlatness: 1.5,
+  /** p2p at the largest count (32) at least this many times faster than relay at the same count. */
+  p2pOverRelay: 4,
   /** Relay: this many times faster than the baseline. */
   relaySpeedup: 4,
   /** SSH round trips of one node's cache scan. */
@@ -69,15 +100,21 @@ interface Mode {
   concurrency: number
   key: 'baseline' | 'node' | 'p2p' | 'relay'
   label: string
+  /** The fleet's size: the first `nodes` nodes (aggregate bench-<nodes>). */
+  nodes: number
   via: 'node' | 'p2p' | 'relay'
 }
 
-const MODES: Mode[] = [
-  {concurrency: 1, key: 'baseline', label: 'baseline: --via node --concurrency 1 (Nova)', via: 'node'},
-  {concurrency: NODE_COUNT, key: 'node', label: `--via node --concurrency ${NODE_COUNT}`, via: 'node'},
-  {concurrency: NODE_COUNT, key: 'relay', label: `--via relay --concurrency ${NODE_COUNT}`, via: 'relay'},
-  {concurrency: NODE_COUNT, key: 'p2p', label: `--via p2p --concurrency ${NODE_COUNT}`, via: 'p2p'},
-]
+/** The imgcache runs at one node count, in the order they run. */
+function modesAt(n: number): Mode[] {
+  const modes: Mode[] = [
+    {concurrency: 1, key: 'baseline', label: 'baseline: --via node --concurrency 1 (Nova)', nodes: n, via: 'node'},
+    {concurrency: n, key: 'node', label: `--via node --concurrency ${n}`, nodes: n, via: 'node'},
+    {concurrency: n, key: 'relay', label: `--via relay --concurrency ${n}`, nodes: n, via: 'relay'},
+    {concurrency: n, key: 'p2p', label: `--via p2p --concurrency ${n}`, nodes: n, via: 'p2p'},
+  ]
+  return modes.filter((m) => WANTED.has(m.key) && (m.key !== 'baseline' || n === COUNTS[0]))
+}
 
 interface Bound {
   /** The link that sets the bound. */
@@ -95,10 +132,11 @@ function time(bytes: number, bps: number): number {
 }
 
 function boundOf(mode: Mode, imageBytes: number): Bound {
+  const n = mode.nodes
   if (mode.concurrency === 1) {
     return {
       limit: `each node's ${LINKS.node.tc} link in turn`,
-      seconds: time(NODE_COUNT * imageBytes, Math.min(LINKS.node.bps, LINKS.origin.bps)),
+      seconds: time(n * imageBytes, Math.min(LINKS.node.bps, LINKS.origin.bps)),
     }
   }
 
@@ -107,12 +145,12 @@ function boundOf(mode: Mode, imageBytes: number): Bound {
   const links =
     mode.via === 'node'
       ? [
-          {bytes: NODE_COUNT * imageBytes, link: `origin ${LINKS.origin.tc}`, rate: LINKS.origin.bps},
+          {bytes: n * imageBytes, link: `origin ${LINKS.origin.tc}`, rate: LINKS.origin.bps},
           {bytes: imageBytes, link: `each node ${LINKS.node.tc}`, rate: LINKS.node.bps},
         ]
       : [
           {bytes: imageBytes, link: `origin ${LINKS.origin.tc}`, rate: LINKS.origin.bps},
-          {bytes: NODE_COUNT * imageBytes, link: `bastion ${LINKS.bastion.tc}`, rate: LINKS.bastion.bps},
+          {bytes: n * imageBytes, link: `bastion ${LINKS.bastion.tc}`, rate: LINKS.bastion.bps},
           {bytes: imageBytes, link: `each node ${LINKS.node.tc}`, rate: LINKS.node.bps},
         ]
   let worst = links[0]!
@@ -204,7 +242,7 @@ async function stopRunning(): Promise<void> {
 async function runMode(fleet: Fleet, mode: Mode): Promise<ModeRun> {
   const before = await Promise.all([fleet.net.bytes('glance'), fleet.net.bytes('bastion')])
   const start = performance.now()
-  const args = [BIN, 'precache', '--aggregate', 'bench', '--config', fleet.config, '--json']
+  const args = [BIN, 'precache', '--aggregate', `bench-${mode.nodes}`, '--config', fleet.config, '--json']
   args.push('--via', mode.via, '--concurrency', String(mode.concurrency), ...fleet.imageIds)
   const result = await execIn(fleet.net, 'bastion', [process.execPath, ...args], CLI_ENV)
   const ms = performance.now() - start
@@ -235,18 +273,20 @@ async function runMode(fleet: Fleet, mode: Mode): Promise<ModeRun> {
  * downloads the three images from glance-api one after another with curl, all nodes at once (what
  * node mode does, minus verification, inspection and the lock).
  */
-async function runReference(fleet: Fleet, kind: 'curl' | 'ssh'): Promise<Reference> {
+async function runReference(fleet: Fleet, kind: 'curl' | 'ssh', count: number): Promise<Reference> {
   const before = await Promise.all([fleet.net.bytes('glance'), fleet.net.bytes('bastion')])
   const start = performance.now()
   const sshConfig = fleet.nodes.nodes[0]!.sshConfigFile
   const urls = fleet.imageIds.map((id) => `${fleet.glance.url}/v2/images/${id}/file`)
-  const perNode = fleet.nodes.nodes.map((n) =>
-    kind === 'ssh'
-      ? `cat ${fleet.imageFiles.map((f) => shellQuote(f)).join(' ')} | ssh -F ${shellQuote(sshConfig)} -o ControlMaster=no -o ControlPath=none ${n.name} 'cat > "$IMGCACHE_INSTANCES_PATH/reference"'`
-      : `ssh -F ${shellQuote(sshConfig)} -o ControlMaster=no -o ControlPath=none ${n.name} ${shellQuote(
-          `cd "$IMGCACHE_INSTANCES_PATH" && ${urls.map((u, i) => `curl -sSf -o reference-${i} ${u}`).join(' && ')}`,
-        )}`,
-  )
+  const perNode = fleet.nodes.nodes
+    .slice(0, count)
+    .map((n) =>
+      kind === 'ssh'
+        ? `cat ${fleet.imageFiles.map((f) => shellQuote(f)).join(' ')} | ssh -F ${shellQuote(sshConfig)} -o ControlMaster=no -o ControlPath=none ${n.name} 'cat > "$IMGCACHE_INSTANCES_PATH/reference"'`
+        : `ssh -F ${shellQuote(sshConfig)} -o ControlMaster=no -o ControlPath=none ${n.name} ${shellQuote(
+            `cd "$IMGCACHE_INSTANCES_PATH" && ${urls.map((u, i) => `curl -sSf -o reference-${i} ${u}`).join(' && ')}`,
+          )}`,
+    )
   const script = `set -e; ${perNode.map((c) => `(${c}) & pids="$pids $!";`).join(' ')} for p in $pids; do wait $p; done`
   const result = await execIn(fleet.net, 'bastion', ['bash', '-c', script])
   const ms = performance.now() - start
@@ -354,7 +394,7 @@ async function setUp(work: string, cleanups: Array<() => Promise<unknown>>): Pro
 
     await net.down()
   })
-  const nodes = await startNodes(NODE_COUNT, {net, rate: LINKS.node.tc})
+  const nodes = await startNodes(MAX_NODES, {net, rate: LINKS.node.tc})
   cleanups.push(() => nodes.stop())
   const glanceAddress = await net.addHost('glance', LINKS.origin.tc)
   await net.addHost('bastion', LINKS.bastion.tc)
@@ -376,21 +416,20 @@ async function setUp(work: string, cleanups: Array<() => Promise<unknown>>): Pro
   }
 
   const config = join(work, 'imgcache.json')
-  const fleet = fleetConfig(nodes, {aggregate: 'bench', imageService: {endpoint: glance.url}})
+  const fleet = fleetConfig(nodes, {imageService: {endpoint: glance.url}})
+  // One aggregate a node count: the first n nodes.
+  fleet.aggregates = Object.fromEntries(
+    COUNTS.map((n) => [
+      `bench-${n}`,
+      {
+        // As an operator declares them (precache --dry-run's bounds; p2p's seeds pace themselves by the nodes' rate).
+        linkSpeeds: {bastion: LINKS.bastion.tc, node: LINKS.node.tc, origin: LINKS.origin.tc},
+        nodes: nodes.nodes.slice(0, n).map((node) => node.name),
+      },
+    ]),
+  )
   await writeFile(config, JSON.stringify(fleet, null, 2))
   return {config, glance, imageBytes, imageFiles, imageIds, net, nodes, work}
-}
-
-function verdict(ok: boolean): string {
-  return ok ? 'PASS' : 'MISS'
-}
-
-function mb(bytes: number): string {
-  return `${(bytes / MiB).toFixed(1)} MiB`
-}
-
-function pct(fraction: number): string {
-  return `${(fraction * 100).toFixed(1)} %`
 }
 
 interface Row {
@@ -405,11 +444,12 @@ interface Row {
   /** Wire bytes that left the origin ÷ wall time ÷ the origin's rate. */
   originLinkUse: number
   originTxBytes: number
-  speedupOverBaseline: number
+  /** Against the baseline at the same node count (the smallest), when it ran. */
+  speedupOverBaseline?: number
   wallSeconds: number
 }
 
-function rowOf(label: string, run: ModeRun | Reference, bound: Bound, baselineMs: number): Row {
+function rowOf(label: string, run: ModeRun | Reference, bound: Bound, baselineMs?: number): Row {
   const wall = run.ms / 1000
   return {
     bastionTxBytes: run.bastionTx,
@@ -420,18 +460,30 @@ function rowOf(label: string, run: ModeRun | Reference, bound: Bound, baselineMs
     load: run.load,
     originLinkUse: (run.originTx * 8) / wall / LINKS.origin.bps,
     originTxBytes: run.originTx,
-    speedupOverBaseline: baselineMs / run.ms,
+    speedupOverBaseline: baselineMs === undefined ? undefined : baselineMs / run.ms,
     wallSeconds: wall,
   }
 }
 
-function modeFigures(run: ModeRun, baseline: ModeRun, imageBytes: number) {
+function modeFigures(run: ModeRun, baseline: ModeRun | undefined, imageBytes: number) {
   return {
     ...rowOf(
-      `--via ${run.mode.via} --concurrency ${run.mode.concurrency}`,
+      run.mode.key === 'baseline' ? run.mode.label : `--via ${run.mode.via} --concurrency ${run.mode.concurrency}`,
       run,
       boundOf(run.mode, imageBytes),
-      baseline.ms,
+      baseline?.mode.nodes === run.mode.nodes ? baseline.ms : undefined,
+    ),
+    bastionPerImages: run.bastionTx / imageBytes,
+    originPerImages: run.originTx / imageBytes,
+    /** Per image: the slowest node's time on it, from the report (where a slow run spent its time). */
+    itemSeconds: Object.fromEntries(
+      (run.report?.images ?? []).map((image) => [
+        image.name ?? image.id,
+        Math.max(
+          0,
+          ...(run.report?.items ?? []).filter((i) => i.image.id === image.id).map((i) => (i.durationMs ?? 0) / 1000),
+        ),
+      ]),
     ),
     originReads: run.report?.originReads,
     reportSeconds: run.report ? run.report.durationMs / 1000 : undefined,
@@ -439,142 +491,251 @@ function modeFigures(run: ModeRun, baseline: ModeRun, imageBytes: number) {
   }
 }
 
+type ModeFigures = ReturnType<typeof modeFigures>
+
 interface References {
   curl: Reference
   ssh: Reference
 }
 
-function figuresOf(
-  fleet: Fleet,
-  runs: ModeRun[],
+/** The figures and targets of one node count. */
+function countFigures(fleet: Fleet, n: number, runs: ModeRun[], baseline: ModeRun | undefined) {
+  const modes: Partial<Record<Mode['key'], ModeFigures>> = {}
+  for (const run of runs) modes[run.mode.key] = modeFigures(run, baseline, fleet.imageBytes)
+  const {node, p2p, relay} = modes
+  return {
+    modes,
+    nodes: n,
+    targets: {
+      nodeOriginUse: node && {pass: node.originLinkUse >= TARGETS.originUse, target: TARGETS.originUse},
+      p2pBastion: p2p && {
+        pass: p2p.bastionPerImages <= TARGETS.p2pBastion,
+        target: TARGETS.p2pBastion,
+        value: p2p.bastionPerImages,
+      },
+      p2pOriginOnce: p2p && {
+        excess: p2p.originPerImages - 1,
+        pass: Math.abs(p2p.originPerImages - 1) <= TARGETS.originOnce,
+        target: TARGETS.originOnce,
+      },
+      /** The issue's target is at 32 nodes (see axis); here for every count. */
+      p2pOverRelay: p2p && relay ? relay.wallSeconds / p2p.wallSeconds : undefined,
+      relayOriginOnce: relay && {
+        excess: relay.originPerImages - 1,
+        pass: Math.abs(relay.originPerImages - 1) <= TARGETS.originOnce,
+        target: TARGETS.originOnce,
+      },
+      relaySpeedup:
+        relay?.speedupOverBaseline === undefined
+          ? undefined
+          : {
+              pass: relay.speedupOverBaseline >= TARGETS.relaySpeedup,
+              target: TARGETS.relaySpeedup,
+              value: relay.speedupOverBaseline,
+            },
+    },
+  }
+}
+
+type CountFigures = ReturnType<typeof countFigures>
+
+/** The node-count axis: p2p against relay at the largest count, and p2p's growth from the smallest to the largest. */
+function axisFigures(counts: CountFigures[]) {
+  const first = counts[0]
+  const last = counts.at(-1)
+  const p2pFirst = first?.modes.p2p
+  const p2pLast = last?.modes.p2p
+  const relayLast = last?.modes.relay
+  const overRelay = p2pLast && relayLast ? relayLast.wallSeconds / p2pLast.wallSeconds : undefined
+  const flatness = p2pFirst && p2pLast && counts.length > 1 ? p2pLast.wallSeconds / p2pFirst.wallSeconds : undefined
+  return {
+    p2pFlatness:
+      flatness === undefined
+        ? undefined
+        : {
+            from: first!.nodes,
+            pass: flatness <= TARGETS.p2pFlatness,
+            target: TARGETS.p2pFlatness,
+            to: last!.nodes,
+            value: flatness,
+          },
+    p2pOverRelay:
+      overRelay === undefined
+        ? undefined
+        : {
+            nodes: last!.nodes,
+            pass: overRelay >= TARGETS.p2pOverRelay,
+            target: TARGETS.p2pOverRelay,
+            value: overRelay,
+          },
+  }
+}
+
+function referenceFigures(
+  n: number,
+  baseline: ModeRun | undefined,
+  counted: CountFigures,
   references: References,
   scan: Awaited<ReturnType<typeof measureScan>>,
 ) {
-  const byKey = Object.fromEntries(runs.map((r) => [r.mode.key, r])) as Record<Mode['key'], ModeRun>
-  const modes = {
-    baseline: modeFigures(byKey.baseline, byKey.baseline, fleet.imageBytes),
-    node: modeFigures(byKey.node, byKey.baseline, fleet.imageBytes),
-    p2p: modeFigures(byKey.p2p, byKey.baseline, fleet.imageBytes),
-    relay: modeFigures(byKey.relay, byKey.baseline, fleet.imageBytes),
-  }
-  const reference = {
-    curl: rowOf('plain curl on every node', references.curl, modes.node.bound, byKey.baseline.ms),
-    ssh: rowOf('plain ssh cat from the bastion', references.ssh, modes.relay.bound, byKey.baseline.ms),
-  }
-  const relayOrigin = byKey.relay.originTx / fleet.imageBytes - 1
-  const p2pOrigin = byKey.p2p.originTx / fleet.imageBytes - 1
-  const p2pBastion = byKey.p2p.bastionTx / fleet.imageBytes
-  const scanTrips = scan.calls.length
+  const bound = (via: Mode['via']) => boundOf({concurrency: n, key: 'node', label: '', nodes: n, via}, 0)
+  const {node, relay} = counted.modes
+  const curl = rowOf('plain curl on every node', references.curl, node?.bound ?? bound('node'), baseline?.ms)
+  const ssh = rowOf('plain ssh cat from the bastion', references.ssh, relay?.bound ?? bound('relay'), baseline?.ms)
   return {
-    cpus: availableParallelism(),
-    date: new Date().toISOString(),
-    imageBytes: fleet.imageBytes,
-    images: IMAGE_MIB.map((m) => `${m} MiB raw`),
-    links: {bastion: LINKS.bastion.tc, node: LINKS.node.tc, origin: LINKS.origin.tc},
-    modes,
-    node: process.version,
-    nodes: NODE_COUNT,
-    /** The same bytes moved by the plain tools, no imgcache: what this machine allows in this run. */
-    reference: {
-      ...reference,
-      nodePerCurl: modes.node.wallSeconds / reference.curl.wallSeconds,
-      relayPerSsh: modes.relay.wallSeconds / reference.ssh.wallSeconds,
-    },
+    curl,
+    nodePerCurl: node ? node.wallSeconds / curl.wallSeconds : undefined,
+    nodes: n,
+    relayPerSsh: relay ? relay.wallSeconds / ssh.wallSeconds : undefined,
     scan: {
       cacheEntries: scan.cacheEntries,
       calls: scan.calls,
       instances: scan.instances,
-      roundTrips: scanTrips,
+      pass: scan.calls.length <= TARGETS.scanRoundTrips,
+      roundTrips: scan.calls.length,
       roundTripsReported: scan.reported,
       seconds: scan.ms / 1000,
+      target: TARGETS.scanRoundTrips,
     },
-    targets: {
-      nodeOriginUse: {pass: modes.node.originLinkUse >= TARGETS.originUse, target: TARGETS.originUse},
-      relayOriginOnce: {
-        excess: relayOrigin,
-        pass: Math.abs(relayOrigin) <= TARGETS.originOnce,
-        target: TARGETS.originOnce,
-      },
-      relaySpeedup: {pass: modes.relay.speedupOverBaseline >= TARGETS.relaySpeedup, target: TARGETS.relaySpeedup},
-      p2pBastion: {pass: p2pBastion <= TARGETS.p2pBastion, target: TARGETS.p2pBastion, value: p2pBastion},
-      p2pOriginOnce: {excess: p2pOrigin, pass: Math.abs(p2pOrigin) <= TARGETS.originOnce, target: TARGETS.originOnce},
-      /** Information at this node count (the issue's target is at 32 nodes: ≥ 4×). */
-      p2pOverRelay: modes.relay.wallSeconds / modes.p2p.wallSeconds,
-      scanRoundTrips: {pass: scanTrips <= TARGETS.scanRoundTrips, target: TARGETS.scanRoundTrips},
-    },
+    ssh,
   }
 }
 
-function print(f: ReturnType<typeof figuresOf>): void {
-  console.log(
-    `precache: ${f.nodes} nodes at ${f.links.node}, origin (glance-api) at ${f.links.origin}, bastion (imgcache) at ` +
-      `${f.links.bastion}; images ${f.images.join(', ')} (${mb(f.imageBytes)}; declared raw: no conversion); ${f.cpus} CPUs`,
+function verdict(ok: boolean): string {
+  return ok ? 'PASS' : 'MISS'
+}
+
+function mb(bytes: number): string {
+  return `${(bytes / MiB).toFixed(1)} MiB`
+}
+
+function pct(fraction: number): string {
+  return `${(fraction * 100).toFixed(1)} %`
+}
+
+function line(label: string, value: string, note: string): void {
+  console.log(`  ${label.padEnd(44)} ${value.padStart(8)}  ${note}`)
+}
+
+function printTable(rows: Row[], imageBytes: number): void {
+  const header = ['mode', 'wall', 'vs baseline', 'origin TX', 'bastion TX', 'bound', 'limit', 'bound/wall', 'load']
+  const cells = rows.map((m) =>
+    m.label.endsWith(':')
+      ? [m.label, ...header.slice(1).map(() => '')]
+      : [
+          m.label,
+          seconds(m.wallSeconds * 1000),
+          m.speedupOverBaseline === undefined ? '' : times(m.speedupOverBaseline),
+          `${mb(m.originTxBytes)} (${times(m.originTxBytes / imageBytes)})`,
+          `${mb(m.bastionTxBytes)} (${times(m.bastionTxBytes / imageBytes)})`,
+          seconds(m.bound.seconds * 1000),
+          m.bound.limit,
+          pct(m.boundFraction),
+          m.load.toFixed(1),
+        ],
   )
-  const header = ['mode', 'wall', 'ratio', 'origin TX', 'bastion TX', 'bound', 'limit', 'bound/wall', 'load']
-  const rows = [f.modes.baseline, f.modes.node, f.modes.relay, f.modes.p2p, f.reference.curl, f.reference.ssh].map(
-    (m) => [
-      m.label,
-      seconds(m.wallSeconds * 1000),
-      times(m.speedupOverBaseline),
-      mb(m.originTxBytes),
-      mb(m.bastionTxBytes),
-      seconds(m.bound.seconds * 1000),
-      m.bound.limit,
-      pct(m.boundFraction),
-      m.load.toFixed(1),
-    ],
-  )
-  // The references follow imgcache's four modes.
-  rows.splice(
-    4,
-    0,
-    header.map(() => ''),
-  )
-  rows[4]![0] = 'reference, no imgcache:'
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
-  for (const row of [header, ...rows]) console.log(`  ${row.map((c, i) => c.padEnd(widths[i]!)).join('  ')}`.trimEnd())
-  const t = f.targets
-  const line = (label: string, value: string, note: string) =>
-    console.log(`  ${label.padEnd(44)} ${value.padStart(8)}  ${note}`)
-  line(
-    'relay: origin TX ÷ images total',
-    pct(1 + t.relayOriginOnce.excess),
-    `read ${f.modes.relay.originReads ?? '?'} time(s); target within ${pct(t.relayOriginOnce.target)}: ${verdict(t.relayOriginOnce.pass)}`,
-  )
-  line(
-    `node --concurrency ${f.nodes}: origin link use`,
-    pct(f.modes.node.originLinkUse),
-    `wire bytes ÷ wall ÷ ${f.links.origin}; target ≥ ${pct(t.nodeOriginUse.target)}: ${verdict(t.nodeOriginUse.pass)}`,
-  )
-  line(
-    'relay: speed-up over the baseline',
-    times(f.modes.relay.speedupOverBaseline),
-    `target ≥ ${t.relaySpeedup.target}×: ${verdict(t.relaySpeedup.pass)}`,
-  )
-  line(
-    'cache scan of one node: SSH round trips',
-    String(f.scan.roundTrips),
-    `${f.scan.calls.join(', ')} (analyzeNode says ${f.scan.roundTripsReported}); ${f.scan.instances} instance dirs, ` +
-      `${f.scan.cacheEntries} cache entries, ${seconds(f.scan.seconds * 1000)}; target ≤ ${t.scanRoundTrips.target}: ${verdict(t.scanRoundTrips.pass)}`,
-  )
-  line('node mode ÷ plain curl (information)', times(f.reference.nodePerCurl), 'imgcache time over the tools alone')
-  line('relay ÷ plain ssh fan-out (information)', times(f.reference.relayPerSsh), 'imgcache time over the tools alone')
-  line(
-    'p2p: origin TX ÷ images total',
-    pct(1 + t.p2pOriginOnce.excess),
-    `read ${f.modes.p2p.originReads ?? '?'} time(s); target within ${pct(t.p2pOriginOnce.target)}: ${verdict(t.p2pOriginOnce.pass)}`,
-  )
-  line(
-    'p2p: bastion TX ÷ images total',
-    times(t.p2pBastion.value),
-    `target ≤ ${t.p2pBastion.target}×: ${verdict(t.p2pBastion.pass)}`,
-  )
-  line('p2p: speed-up over relay', times(t.p2pOverRelay), `at ${f.nodes} nodes (the issue's target: ≥ 4× at 32)`)
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]!.length)))
+  for (const row of [header, ...cells]) console.log(`  ${row.map((c, i) => c.padEnd(widths[i]!)).join('  ')}`.trimEnd())
+}
+
+function printCount(c: CountFigures, imageBytes: number, reference?: ReturnType<typeof referenceFigures>): void {
+  console.log(`\n${c.nodes} nodes:`)
+  const m = c.modes
+  const rows = [m.baseline, m.node, m.relay, m.p2p].filter((r): r is ModeFigures => r !== undefined) as Row[]
+  if (reference) rows.push({label: 'reference, no imgcache:'} as Row, reference.curl, reference.ssh)
+  printTable(rows, imageBytes)
+  const t = c.targets
+  if (t.relayOriginOnce) {
+    line(
+      'relay: origin TX ÷ images total',
+      pct(1 + t.relayOriginOnce.excess),
+      `read ${m.relay?.originReads ?? '?'} time(s); target within ${pct(t.relayOriginOnce.target)}: ${verdict(t.relayOriginOnce.pass)}`,
+    )
+  }
+
+  if (t.nodeOriginUse) {
+    line(
+      `node --concurrency ${c.nodes}: origin link use`,
+      pct(m.node!.originLinkUse),
+      `wire bytes ÷ wall ÷ ${LINKS.origin.tc}; target ≥ ${pct(t.nodeOriginUse.target)}: ${verdict(t.nodeOriginUse.pass)}`,
+    )
+  }
+
+  if (t.relaySpeedup) {
+    line(
+      'relay: speed-up over the baseline',
+      times(t.relaySpeedup.value),
+      `target ≥ ${t.relaySpeedup.target}×: ${verdict(t.relaySpeedup.pass)}`,
+    )
+  }
+
+  if (reference) {
+    const s = reference.scan
+    line(
+      'cache scan of one node: SSH round trips',
+      String(s.roundTrips),
+      `${s.calls.join(', ')} (analyzeNode says ${s.roundTripsReported}); ${s.instances} instance dirs, ` +
+        `${s.cacheEntries} cache entries, ${seconds(s.seconds * 1000)}; target ≤ ${s.target}: ${verdict(s.pass)}`,
+    )
+    if (reference.nodePerCurl !== undefined)
+      line('node mode ÷ plain curl (information)', times(reference.nodePerCurl), 'imgcache time over the tools alone')
+    if (reference.relayPerSsh !== undefined)
+      line(
+        'relay ÷ plain ssh fan-out (information)',
+        times(reference.relayPerSsh),
+        'imgcache time over the tools alone',
+      )
+  }
+
+  for (const r of [m.node, m.relay, m.p2p]) {
+    if (!r?.reportSeconds) continue
+    const slowest = Object.entries(r.itemSeconds)
+      .map(([name, s]) => `${name} ${s.toFixed(1)} s`)
+      .join(', ')
+    line(`${r.label}: inside imgcache`, seconds(r.reportSeconds * 1000), `slowest node per image: ${slowest}`)
+  }
+
+  if (t.p2pOriginOnce) {
+    line(
+      'p2p: origin TX ÷ images total',
+      pct(1 + t.p2pOriginOnce.excess),
+      `read ${m.p2p?.originReads ?? '?'} time(s); target within ${pct(t.p2pOriginOnce.target)}: ${verdict(t.p2pOriginOnce.pass)}`,
+    )
+  }
+
+  if (t.p2pBastion) {
+    line(
+      'p2p: bastion TX ÷ images total',
+      times(t.p2pBastion.value),
+      `target ≤ ${t.p2pBastion.target}×: ${verdict(t.p2pBastion.pass)}`,
+    )
+  }
+
+  if (t.p2pOverRelay !== undefined)
+    line('p2p: speed-up over relay', times(t.p2pOverRelay), `at ${c.nodes} nodes (the target: ≥ 4× at 32)`)
+}
+
+function printAxis(axis: ReturnType<typeof axisFigures>): void {
+  if (!axis.p2pOverRelay && !axis.p2pFlatness) return
+  console.log('\nnode-count axis:')
+  const o = axis.p2pOverRelay
+  if (o) {
+    line(
+      `p2p@${o.nodes} speed-up over relay@${o.nodes}`,
+      times(o.value),
+      `target ≥ ${o.target}× (at 32 nodes): ${verdict(o.pass)}`,
+    )
+  }
+
+  const f = axis.p2pFlatness
+  if (f) {
+    line(`p2p@${f.to} ÷ p2p@${f.from}`, times(f.value), `target ≤ ${f.target}× (32 ÷ 8): ${verdict(f.pass)}`)
+  }
 }
 
 /** A run that did not cache every image on every node: its time means nothing. */
 function problemsOf(fleet: Fleet, run: ModeRun): string[] {
-  const expected = NODE_COUNT * fleet.imageIds.length
+  const expected = run.mode.nodes * fleet.imageIds.length
   const cached = run.report?.totals.cached ?? 0
   if (run.exitCode === 0 && cached === expected) return []
   const errors = (run.report?.items ?? []).filter((i) => i.status !== 'cached')
@@ -619,38 +780,66 @@ async function main(): Promise<number> {
     const setupStart = performance.now()
     const fleet = await setUp(work, cleanups)
     console.log(
-      `test network, ${NODE_COUNT} nodes, glance-api and images ready in ${seconds(performance.now() - setupStart)}`,
+      `test network, ${MAX_NODES} nodes, glance-api and images ready in ${seconds(performance.now() - setupStart)}; ` +
+        `node counts ${COUNTS.join(', ')}; runs ${[...WANTED].join(', ')}`,
     )
-    const runs: ModeRun[] = []
-    for (const mode of MODES) {
-      await clearNodes(fleet.nodes)
-      const run = await runMode(fleet, mode)
-      console.log(`  ${mode.label}: ${seconds(run.ms)} (exit ${run.exitCode})`)
-      runs.push(run)
+    const problems: string[] = []
+    const counted: CountFigures[] = []
+    let reference: ReturnType<typeof referenceFigures> | undefined
+    let baseline: ModeRun | undefined
+    for (const n of COUNTS) {
+      const runs: ModeRun[] = []
+      for (const mode of modesAt(n)) {
+        await clearNodes(fleet.nodes)
+        const run = await runMode(fleet, mode)
+        console.log(
+          `  ${n} nodes, ${mode.label}: ${seconds(run.ms)} (exit ${run.exitCode}, load ${run.load.toFixed(1)})`,
+        )
+        if (mode.key === 'baseline') baseline = run
+        runs.push(run)
+        problems.push(...problemsOf(fleet, run))
+      }
+
+      counted.push(countFigures(fleet, n, runs, baseline))
+      if (n !== COUNTS[0] || !WANTED.has('reference')) continue
+      // The scan while node1 holds what the last run cached; then the references, from cold caches.
+      const scan = await measureScan(fleet)
+      const references = {} as References
+      for (const kind of ['curl', 'ssh'] as const) {
+        await clearNodes(fleet.nodes)
+        const r = await runReference(fleet, kind, n)
+        references[kind] = r
+        console.log(`  ${n} nodes, reference, plain ${kind}: ${seconds(r.ms)} (exit ${r.exitCode})`)
+        if (r.exitCode !== 0)
+          problems.push(`reference ${kind}: exit ${r.exitCode}: ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`)
+      }
+
+      reference = referenceFigures(n, baseline, counted[0]!, references, scan)
     }
 
-    // The scan while node1 holds what the last run cached; then the references, from cold caches.
-    const scan = await measureScan(fleet)
-    const references = {} as References
-    for (const kind of ['curl', 'ssh'] as const) {
-      await clearNodes(fleet.nodes)
-      references[kind] = await runReference(fleet, kind)
-      const r = references[kind]
-      console.log(`  reference, plain ${kind}: ${seconds(r.ms)} (exit ${r.exitCode})`)
-    }
-
-    const problems = [
-      ...runs.flatMap((r) => problemsOf(fleet, r)),
-      ...Object.entries(references)
-        .filter(([, r]) => r.exitCode !== 0)
-        .map(
-          ([kind, r]) => `reference ${kind}: exit ${r.exitCode}: ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`,
-        ),
-    ]
-    const figures = figuresOf(fleet, runs, references, scan)
-    print(figures)
+    const axis = axisFigures(counted)
+    console.log(
+      `\nprecache: nodes at ${LINKS.node.tc}, origin (glance-api) at ${LINKS.origin.tc}, bastion (imgcache) at ` +
+        `${LINKS.bastion.tc}; images ${IMAGE_MIB.map((m) => `${m} MiB raw`).join(', ')} (${mb(fleet.imageBytes)}; ` +
+        `declared raw: no conversion); ${availableParallelism()} CPUs`,
+    )
+    for (const c of counted) printCount(c, fleet.imageBytes, c.nodes === reference?.nodes ? reference : undefined)
+    printAxis(axis)
     for (const problem of problems) console.log(`  ${problem}`)
-    console.log(`figures: ${await writeFigures('precache', {...figures, problems})}`)
+    const figures = {
+      axis,
+      counts: counted,
+      cpus: availableParallelism(),
+      date: new Date().toISOString(),
+      imageBytes: fleet.imageBytes,
+      images: IMAGE_MIB.map((m) => `${m} MiB raw`),
+      links: {bastion: LINKS.bastion.tc, node: LINKS.node.tc, origin: LINKS.origin.tc},
+      node: process.version,
+      problems,
+      /** The same bytes moved by the plain tools, no imgcache, at the smallest count: what this machine allows. */
+      reference,
+    }
+    console.log(`figures: ${await writeFigures('precache', figures)}`)
     return problems.length === 0 ? 0 : 1
   } finally {
     await cleanUp()

@@ -3,21 +3,15 @@ import {tmpdir} from 'node:os'
 
 import {BaseCommand, withExitCodes} from '../base-command.js'
 import {cacheFlags, durationFlag, fetchFlags} from '../flags.js'
-import {resolveCacheSettings} from '../lib/config/settings.js'
-import {formatDuration} from '../lib/duration.js'
-import {UsageError} from '../lib/errors.js'
-import {ExitCode} from '../lib/exit-codes.js'
-import {type ResolvedImage, resolveImages} from '../lib/images.js'
-import {type Node} from '../lib/node/types.js'
-import {findAggregate, type NodeSpec, selectNodes} from '../lib/nodes.js'
-import {formatPlan, planTotals} from '../lib/plan/format.js'
-import {findInUse} from '../lib/plan/in-use.js'
-import {planExit} from '../lib/plan/items.js'
-import {planPrecache} from '../lib/plan/plan.js'
-import {type LinkSpeeds, mergeLinkSpeeds, parseLinkSpeeds} from '../lib/plan/rules.js'
-import {type NodeScan, scanNodes} from '../lib/plan/scan.js'
-import {precache, type Via} from '../lib/precache.js'
-import {formatItems, itemsExit, plural, totalsLine, totalsOf} from '../lib/report/items.js'
+import {
+  nothingToCache,
+  type Outcome,
+  planOutcome,
+  type PrecacheRequest,
+  resolvePrecache,
+  runOutcome,
+} from '../lib/precache-run.js'
+import {precache, type PrecacheRun} from '../lib/precache.js'
 import {type PrecachePlanReport, type PrecacheReport} from '../lib/report/results.js'
 import {chooseRenderer} from '../lib/ui/renderer.js'
 import {createView} from '../lib/ui/views.js'
@@ -132,97 +126,67 @@ Everything a single populate guarantees holds on every node: verified, inspected
 
   async run(): Promise<PrecachePlanReport | PrecacheReport> {
     const started = Date.now()
-    const {config} = this.config_
-    const aggregateName = this.flags.aggregate
-    const aggregate = findAggregate(config, aggregateName)
-    const inUse = this.flags['in-use']
-    const refs = this.positional.length > 0 || inUse ? this.positional : (aggregate.images ?? [])
-    if (refs.length === 0 && !inUse) {
-      throw new UsageError('NO_IMAGES', `no images to cache: none given, and aggregate ${aggregateName} lists none`, {
-        field: `aggregates.${aggregateName}.images`,
-        suggestions: ['Name the images on the command line, or list them under the aggregate in the config.'],
-      })
-    }
-
-    const speeds = mergeLinkSpeeds(
-      this.flags['link-speeds'] === undefined ? undefined : parseLinkSpeeds(this.flags['link-speeds']),
-      [
-        {field: `aggregates.${aggregateName}.linkSpeeds`, speeds: aggregate.linkSpeeds},
-        {field: 'defaults.linkSpeeds', speeds: config.defaults?.linkSpeeds},
-      ],
+    const {flags} = this
+    const request = await resolvePrecache(
+      this.config_.config,
+      flags.aggregate,
+      this.positional,
+      {
+        cache: {
+          cacheDir: flags['cache-dir'],
+          instancesPath: flags['instances-path'],
+          novaConf: flags['nova-conf'],
+          novaConfigDir: flags['nova-config-dir'],
+        },
+        checksum: flags.checksum,
+        concurrency: flags.concurrency,
+        diskFormat: flags['disk-format'],
+        dryRun: flags['dry-run'],
+        force: flags.force,
+        imageId: flags['image-id'],
+        inUse: flags['in-use'],
+        linkSpeeds: flags['link-speeds'],
+        p2pAddress: flags['p2p-address'],
+        p2pFallback: flags['p2p-fallback'] as 'none' | 'relay',
+        p2pPorts: flags['p2p-ports'],
+        seedUntil: flags['seed-until'],
+        via: flags.via,
+      },
+      {cwd: process.cwd(), env: process.env, signal: this.interrupt.signal},
     )
-    const specs = selectNodes(config, {aggregate: aggregateName})
-    const named =
-      refs.length === 0
-        ? []
-        : await resolveImages(refs, {
-            config,
-            cwd: process.cwd(),
-            env: process.env,
-            flags: {
-              checksum: this.flags.checksum,
-              diskFormat: this.flags['disk-format'],
-              imageId: this.flags['image-id'],
-            },
-          })
-    const via = (this.flags.via ?? aggregate.via ?? config.defaults?.via ?? 'node') as Via
-    if (!/^\d{1,5}(-\d{1,5})?$/.test(this.flags['p2p-ports'])) {
-      throw new UsageError('BAD_FLAG', `--p2p-ports ${this.flags['p2p-ports']}: give a port or a range A-B`, {
-        field: '--p2p-ports',
-        suggestions: ['For example --p2p-ports 6881-6999.'],
-      })
+    if (request.scans && flags['dry-run']) {
+      return this.finish(
+        planOutcome(request, request.scans, {force: flags.force, interrupted: this.interrupt.signal.aborted, started}),
+      )
     }
 
-    // A swarm needs its peers at once: p2p works on every node of the aggregate unless told otherwise.
-    const concurrency =
-      this.flags.concurrency ??
-      (via === 'p2p' ? specs.length : (aggregate.concurrency ?? config.defaults?.concurrency ?? 4))
-    const settingsFor = (node: Node, spec: NodeSpec) =>
-      resolveCacheSettings(node, config, spec.config, {
-        cacheDir: this.flags['cache-dir'],
-        instancesPath: this.flags['instances-path'],
-        novaConf: this.flags['nova-conf'],
-        novaConfigDir: this.flags['nova-config-dir'],
-      })
-    // One scan per node serves both the plan and --in-use.
-    const scans =
-      inUse || this.flags['dry-run']
-        ? await scanNodes(specs, config, settingsFor, {concurrency, signal: this.interrupt.signal})
-        : undefined
-    const found =
-      scans && inUse
-        ? await findInUse(scans, config.imageService, {
-            cwd: process.cwd(),
-            env: process.env,
-            signal: this.interrupt.signal,
-          })
-        : undefined
-    const images = [...named, ...(found?.images ?? []).filter((i) => !named.some((n) => n.record.id === i.record.id))]
-    const inUseReport = found ? {images: found.used, missing: found.missing} : undefined
-    if (scans && this.flags['dry-run'])
-      return this.reportPlan(scans, images, {concurrency, inUse: inUseReport, speeds, started, via})
-    if (images.length === 0) {
-      this.log(`No image to cache: no instance of aggregate ${aggregateName} uses one the image service has.`)
-      this.exitWith(ExitCode.Ok)
-      return {
-        aggregate: aggregateName,
-        durationMs: 0,
-        images: [],
-        inUse: inUseReport,
-        items: [],
-        nodes: [],
-        totals: totalsOf([]),
-        via,
-      }
+    if (request.images.length === 0) return this.finish(nothingToCache(request), true)
+    return this.finish(runOutcome(request, await this.precache(request), {interrupted: this.interrupt.signal.aborted}))
+  }
+
+  /** Prints the outcome (its text always when `always`: said even with --json), sets the exit code. */
+  private finish<R>(outcome: Outcome<R>, always = false): R {
+    if (always || !this.jsonEnabled()) {
+      this.log(outcome.text)
+      for (const line of outcome.stderr) this.logToStderr(line)
     }
 
+    this.exitWith(outcome.exitCode)
+    return outcome.report
+  }
+
+  /** The run itself, its progress in the listr2 view. */
+  private async precache(request: PrecacheRequest): Promise<PrecacheRun> {
+    const {config} = this.config_
+    const {flags} = this
+    const {images, specs} = request
     const kind = chooseRenderer({
       columns: process.stderr.columns,
       env: process.env,
       items: specs.length * images.length,
       json: this.jsonEnabled(),
       multiNode: true,
-      quiet: this.flags.quiet,
+      quiet: flags.quiet,
       rows: process.stderr.rows,
       stderrIsTTY: Boolean(process.stderr.isTTY),
       stdoutIsTTY: Boolean(process.stdout.isTTY),
@@ -230,97 +194,22 @@ Everything a single populate guarantees holds on every node: verified, inspected
     const labels = images.map((i) => ({id: i.record.id, label: i.record.name ?? i.ref}))
     const view = createView(kind, {nodes: specs.map((s) => ({images: labels, name: s.name}))}, {grouped: true})
     this.addTeardown(() => view.stop())
-    const result = await precache(specs, images, config, settingsFor, {
-      allowUnverified: this.flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
-      attemptTimeoutMs: (this.flags['attempt-timeout'] ?? 3600) * 1000,
-      concurrency,
-      deadlineMs: this.flags.deadline === undefined ? undefined : this.flags.deadline * 1000,
-      force: this.flags.force,
-      lockTimeoutMs: (this.flags['lock-timeout'] ?? 900) * 1000,
+    const result = await precache(specs, images, config, request.settingsFor, {
+      allowUnverified: flags['allow-unverified'] || (config.fetch?.allowUnverified ?? false),
+      attemptTimeoutMs: (flags['attempt-timeout'] ?? 3600) * 1000,
+      concurrency: request.concurrency,
+      deadlineMs: flags.deadline === undefined ? undefined : flags.deadline * 1000,
+      force: flags.force,
+      lockTimeoutMs: (flags['lock-timeout'] ?? 900) * 1000,
       onEvent: (e) => view.onEvent(e),
-      p2p: {
-        address: this.flags['p2p-address'],
-        fallback: this.flags['p2p-fallback'] as 'none' | 'relay',
-        listenPorts: this.flags['p2p-ports'],
-        seedSeconds: this.flags['seed-until'],
-      },
-      retries: this.flags.retries,
+      p2p: request.p2p,
+      retries: flags.retries,
       signal: this.interrupt.signal,
-      spoolDir: this.flags['spool-dir'] ?? tmpdir(),
-      stallMs: (this.flags['stall-timeout'] ?? 60) * 1000,
-      via,
+      spoolDir: flags['spool-dir'] ?? tmpdir(),
+      stallMs: (flags['stall-timeout'] ?? 60) * 1000,
+      via: request.via,
     })
     await view.stop()
-    const report: PrecacheReport = {
-      aggregate: aggregateName,
-      durationMs: result.durationMs,
-      images: images.map((i) => ({id: i.record.id, name: i.record.name, ref: i.ref})),
-      inUse: inUseReport,
-      items: result.items,
-      nodes: result.nodes,
-      originReads: result.originReads,
-      p2pFallbacks: result.p2pFallbacks,
-      totals: totalsOf(result.items),
-      via,
-    }
-    if (!this.jsonEnabled()) {
-      // The tally once, in the closing line (it used to follow the table and close the report too).
-      const reads = result.originReads ?? 0
-      this.log(
-        formatItems(
-          result.items,
-          `Image pre-cache of ${plural(images.length, 'image')} on aggregate ${aggregateName} completed in ${formatDuration(result.durationMs / 1000)}: ${totalsLine(result.items)}${via === 'node' ? '' : `; the image service was read ${plural(reads, 'time')}`}`,
-        ),
-      )
-      for (const fallback of result.p2pFallbacks ?? [])
-        this.logToStderr(`note: ${fallback.node}: ${fallback.reason}; its images were relayed instead of p2p`)
-      for (const image of report.images) {
-        const failed = result.items.filter((i) => i.image.id === image.id && i.status === 'error').length
-        if (failed > 0)
-          this.logToStderr(`warning: image ${image.name ?? image.ref} failed on ${plural(failed, 'node')}`)
-      }
-
-      for (const m of found?.missing ?? []) this.logToStderr(`warning: ${m.message} (used on ${m.nodes.join(', ')})`)
-    }
-
-    // Fleet contract: 0 all good, 3 partial, 1 nothing succeeded (whatever the reasons).
-    this.exitWith(itemsExit(result.items, this.interrupt.signal.aborted, {nothingSucceeded: ExitCode.Failed}))
-    return report
-  }
-
-  /** --dry-run: the plan as a run's report; exit codes as a real run would most likely end. */
-  private reportPlan(
-    scans: NodeScan[],
-    images: ResolvedImage[],
-    context: {concurrency: number; inUse?: PrecacheReport['inUse']; speeds: LinkSpeeds; started: number; via: Via},
-  ): PrecachePlanReport {
-    const plan = planPrecache(scans, images, {
-      concurrency: context.concurrency,
-      force: this.flags.force,
-      speeds: context.speeds,
-    })
-    if (!this.jsonEnabled()) {
-      this.log(
-        formatPlan(plan.items, plan.figures, {
-          concurrency: context.concurrency,
-          missing: context.inUse?.missing,
-          speeds: context.speeds,
-          via: context.via,
-        }),
-      )
-    }
-
-    this.exitWith(this.interrupt.signal.aborted ? ExitCode.Interrupted : planExit(plan.items))
-    return {
-      aggregate: this.flags.aggregate,
-      dryRun: true,
-      durationMs: Date.now() - context.started,
-      images: images.map((i) => ({id: i.record.id, name: i.record.name, ref: i.ref})),
-      inUse: context.inUse,
-      items: plan.items,
-      plan: {concurrency: context.concurrency, linkSpeeds: context.speeds, ...plan.figures},
-      totals: planTotals(plan.items),
-      via: context.via,
-    }
+    return result
   }
 }

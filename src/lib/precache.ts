@@ -31,6 +31,8 @@ export interface P2pSettings {
   fallback: P2pFallback
   /** Ports aria2c listens on, on the nodes. */
   listenPorts: string
+  /** The nodes' link rate in bytes a second (linkSpeeds.node), when declared: the seeds' pace. */
+  nodeRate?: number
   /** Each node seeds at most this long after its download (default: until the run ends). */
   seedSeconds?: number
 }
@@ -135,7 +137,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 
 /**
  * Pre-cache images on every node of an aggregate (DESIGN §7): a sliding window of `concurrency`
- * nodes, images one after another per node, each (node, image) attempt bounded in time and retried
+ * nodes, images one after another per node (at once with p2p), each (node, image) attempt bounded in time and retried
  * with back-off, the whole run bounded by a deadline. Every pair ends `cached`, `existing`, `error`
  * (with a reason and a next step) or `skipped` (node unreachable), as in Nova's per-compute results.
  */
@@ -168,7 +170,15 @@ export async function precache(
   const run = options.signal ? AbortSignal.any([options.signal, deadline.signal]) : deadline.signal
   const ssh = new SshNodeFactory(config)
   const spools = new SpoolSet(options.spoolDir, run, options.via === 'p2p')
-  const swarms = options.via === 'p2p' ? new Swarms(options.spoolDir, options.p2p?.address) : undefined
+  const sizes = images.map((i) => i.record.size)
+  const swarms =
+    options.via === 'p2p'
+      ? new Swarms(options.spoolDir, {
+          address: options.p2p?.address,
+          nodeRate: options.p2p?.nodeRate,
+          totalBytes: sizes.every((b) => b !== undefined) ? sizes.reduce((a, b) => a + b, 0) : undefined,
+        })
+      : undefined
   const fallbacks = new Map<string, string>()
   // p2p: a node that has its images seeds them to the others until the run ends, so its
   // connection (and the aria2c under its agent) is closed only then.
@@ -274,27 +284,29 @@ async function precacheNode(
     }
   }
 
-  const items: ItemResult[] = []
   for (const image of images) emit({image: image.record.id, node: node.name, state: 'queued', type: 'item'})
-  for (const image of images) {
+  // After a failed attempt the node's connection is dropped (node.reset) so that the next one
+  // reconnects. With images at once (p2p), one reset would also end the others' attempts and the
+  // aria2c seeding under the same agent: only the first failure since the last reset drops it.
+  let generation = 0
+  const cacheImage = async (image: ResolvedImage): Promise<ItemResult> => {
     const {id} = image.record
     if (run.aborted) {
       const item = failedItem(image, node.name, run.reason)
       emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
-      items.push(item)
-      continue
+      return item
     }
 
     const decided = backendItem(image, node.name, settings!, options.force)
     if (decided) {
       emit({image: id, message: decided.message, node: node.name, state: decided.status, type: 'item'})
-      items.push(decided)
-      continue
+      return decided
     }
 
     emit({image: id, node: node.name, state: 'running', type: 'item'})
     for (let attempt = 0; ; attempt++) {
       attempts++
+      const started = generation
       try {
         // eslint-disable-next-line no-await-in-loop
         const result = await withTimeout(
@@ -324,14 +336,12 @@ async function precacheNode(
             ),
         )
         emit({image: id, node: node.name, state: result.status, type: 'item'})
-        items.push(itemFromResult(image, result))
-        break
+        return itemFromResult(image, result)
       } catch (error) {
         if (attempt >= options.retries || !isRetryable(error) || run.aborted) {
           const item = failedItem(image, node.name, error)
           emit({image: id, message: item.message, node: node.name, state: 'error', type: 'item'})
-          items.push(item)
-          break
+          return item
         }
 
         emit({
@@ -341,13 +351,26 @@ async function precacheNode(
           state: 'running',
           type: 'item',
         })
-        // eslint-disable-next-line no-await-in-loop
-        await node.reset?.()
+        if (started === generation) {
+          generation++
+          // eslint-disable-next-line no-await-in-loop
+          await node.reset?.()
+        }
+
         // eslint-disable-next-line no-await-in-loop
         await sleep(backoffMs(attempt), run)
       }
     }
   }
+
+  // p2p: every image's swarm at once (DESIGN §11). The node's link carries the same bytes either
+  // way, but one after another each image would wait for the last one's swarm to end (its aria2c
+  // start, announce, last piece, checks) and for its own torrent (the whole image read and hashed
+  // first); at once, those waits overlap and the images' spools are read from the origin together.
+  // Other modes: one image after another, as Nova's precache does.
+  const items: ItemResult[] = []
+  if (options.via === 'p2p') items.push(...(await Promise.all(images.map((image) => cacheImage(image)))))
+  else for (const image of images) items.push(await cacheImage(image)) // eslint-disable-line no-await-in-loop
 
   const failed = items.filter((i) => i.status === 'error').length
   emit({

@@ -154,9 +154,16 @@ export async function startTracker(address: string, port: number, whitelist: str
 /**
  * aria2c seeding the file `dir`/<torrent's name> (the verified spool, hard-linked under the torrent's
  * name) to the swarm: it trusts the file (it is the bytes the pieces were hashed from), never
- * downloads, listens on a free port of `address`, and seeds until stop().
+ * downloads, listens on a free port of `address`, and seeds until stop(). `uploadLimit` (bytes a
+ * second) caps what it sends (aria2c's --max-upload-limit): a seed faster than the nodes can pass
+ * pieces on sends the same pieces to several of them, copies the nodes would have made for each other.
  */
-export async function startSeed(address: string, dir: string, torrent: string): Promise<HostProcess> {
+export async function startSeed(
+  address: string,
+  dir: string,
+  torrent: string,
+  options: {uploadLimit?: number} = {},
+): Promise<HostProcess> {
   if (!(await isInstalled('aria2c'))) throw missing('aria2c', 'aria2', new Error('not on the PATH'))
   const execa = await loadExeca()
   let lastError: unknown
@@ -176,6 +183,7 @@ export async function startSeed(address: string, dir: string, torrent: string): 
         `--interface=${address}`,
         `--listen-port=${port}`,
         '--bt-max-peers=0',
+        ...(options.uploadLimit === undefined ? [] : [`--max-upload-limit=${Math.round(options.uploadLimit)}`]),
         '--summary-interval=0',
         '--console-log-level=warn',
         '--show-console-readout=false',
