@@ -69,7 +69,8 @@ export interface Followed {
 /**
  * Follow a `.part` curl writes (Node.downloadInto) until curl ends: its growth reported, its data
  * pushed to disk every `syncEvery` bytes while it arrives (one fdatasync at a time, in the
- * background: the final fsync then finds little left to write), and its bytes hashed as they land.
+ * background), and its bytes hashed as they land. When curl ends, what is left is flushed while the
+ * hash catches up: the caller's fsync before its rename then finds nothing to write.
  * An abort, a failed fdatasync or a failed read stops curl and rejects; the caller removes the file.
  * curl's own failure is returned (`exit`), for the caller to word.
  */
@@ -135,16 +136,25 @@ export async function followDownload(download: FileDownload, options: FollowOpti
     const exit = await Promise.race([download.exited, failed])
     stopped = true
     clearInterval(timer)
-    await Promise.race([syncing, failed])
     const {size} = await fstatAsync(fd)
     options.onBytes(size)
-    if (exit.exitCode !== 0 || !digest) return {bytes: size, exit}
-    final[0] = size
-    Atomics.store(state, 1, 1)
-    Atomics.add(state, 0, 1)
-    Atomics.notify(state, 0)
-    const hashed = await Promise.race([digest, failed])
-    return {bytes: hashed.bytes, digest: hashed.digest, exit}
+    if (exit.exitCode !== 0) {
+      await Promise.race([syncing, failed])
+      return {bytes: size, exit}
+    }
+
+    if (digest) {
+      final[0] = size
+      Atomics.store(state, 1, 1)
+      Atomics.add(state, 0, 1)
+      Atomics.notify(state, 0)
+    }
+
+    // What is left of the file goes to disk while the hash catches up (the two overlap: one is the
+    // disk's work, the other a CPU's); the caller's fsync before its rename then finds it written.
+    const flushed = fdatasyncAsync(fd)
+    const [hashed] = await Promise.race([Promise.all([digest, flushed, syncing]), failed])
+    return {bytes: hashed?.bytes ?? size, digest: hashed?.digest, exit}
   } catch (error) {
     await download.stop()
     throw error

@@ -1,4 +1,3 @@
-import type {execa as Execa} from 'execa'
 import type {Readable} from 'node:stream'
 
 import {spawn} from 'node:child_process'
@@ -80,6 +79,9 @@ export class LocalNode implements Node {
   async downloadInto(request: UrlFetch): Promise<FileDownload> {
     if (request.resumeFrom) throw new ImgcacheError('BUG', 'downloadInto makes a new file; resume streams instead')
     const config = localCurlConfig(request)
+    // qemu-img runs (through execa) as soon as the download ends: its module loading happens while
+    // curl works, not after it. A failure to load shows where execa is used.
+    loadExeca().catch(() => undefined)
     // As openWrite: the agent makes the file as the owner (O_EXCL, O_NOFOLLOW), this process opens
     // it without following a link and checks the inode. curl gets that descriptor as its stdout, so
     // it writes into the very file the agent made and opens no name itself.
@@ -357,12 +359,7 @@ export class LocalNode implements Node {
 
   /** The agent, started on first use, told the instances path (it makes every change as its owner). */
   private async owned(): Promise<AgentClient> {
-    if (!this.lockClient) {
-      const execa = await loadExeca()
-      // Checked again after the await: a concurrent call may have started the helper meanwhile.
-      this.lockClient ??= this.startLockHelper(execa)
-    }
-
+    this.lockClient ??= this.startLockHelper()
     await this.lockClient.own(this.root)
     return this.lockClient
   }
@@ -375,14 +372,25 @@ export class LocalNode implements Node {
     return (await this.owned()).request<T>(op, body, what, path)
   }
 
-  /** Locks are held by the same python3 agent SSH nodes run (only its lock operations are used here). */
-  private startLockHelper(execa: typeof Execa): AgentClient {
+  /**
+   * Locks are held by the same python3 agent SSH nodes run (only its lock operations are used here).
+   * Spawned with node:child_process, as curl is: every populate waits for the agent before its first
+   * byte, and loading execa first would put its module loading (0.05-0.2 s) on that path too.
+   */
+  private startLockHelper(): AgentClient {
     // Its own process group, as SSH nodes' agents: a terminal's Ctrl-C reaches imgcache only, which
     // then cleans up through the agent.
-    const child = execa(localPython(), ['-c', AGENT_PY], {buffer: false, detached: true, reject: false, stdin: 'pipe'})
+    const child = spawn(localPython(), ['-c', AGENT_PY], {detached: true, stdio: ['pipe', 'pipe', 'pipe']})
+    const exited = new Promise<void>((resolve) => {
+      // A python3 that cannot start ends the agent as one that exits does (LOCK_HELPER_EXITED).
+      child.once('error', () => resolve())
+      child.once('close', () => resolve())
+    })
+    // A write to an agent that is gone: its end is reported through `exited`.
+    child.stdin.on('error', () => undefined)
     return new AgentClient(
       {
-        exited: child,
+        exited,
         kill: () => child.kill('SIGKILL'),
         stderr: child.stderr,
         stdin: child.stdin,
