@@ -1,5 +1,18 @@
 import {execa, type ResultPromise} from 'execa'
-import {chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile} from 'node:fs/promises'
+import {
+  chmod,
+  chown,
+  lchown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -233,6 +246,42 @@ describe('imgcache precache --via p2p', () => {
     expect(item(report, 'node1', raw.id)).toMatchObject({status: 'cached'})
     expect(item(report, 'node3', raw.id)).toMatchObject({status: 'cached'})
     expect(await readFile(victim, 'utf8')).toBe('precious')
+    expect(await swarmProcesses()).toEqual([])
+  })
+
+  it('links nova planted at the .torrent and the .aria2 control file are refused (UNSAFE_PATH), their root-owned target untouched', async () => {
+    const sub = 'control-links'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    const victim = path.join(work, 'control-victim')
+    await writeFile(victim, 'root only', {mode: 0o644})
+    // As the instances path's owner could: a link at the name imgcache writes the torrent to (node2)
+    // and at the name aria2c keeps its resume state in (node3), both pointing at a root-owned file.
+    const planted = {
+      node2: `${onNode(fleet.node('node2'), sub).part(raw.id)}.torrent`,
+      node3: `${onNode(fleet.node('node3'), sub).part(raw.id)}.aria2`,
+    }
+    for (const [name, link] of Object.entries(planted)) {
+      const {cacheDir} = onNode(fleet.node(name), sub)
+      await mkdir(cacheDir, {recursive: true})
+      await chown(cacheDir, nova.uid, nova.gid)
+      await symlink(victim, link)
+      await lchown(link, nova.uid, nova.gid)
+    }
+
+    const result = await precache(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-raw'])
+    const report = parse(result.stdout)
+    expect(result.exitCode).toBe(3)
+    expect(item(report, 'node1', raw.id)).toMatchObject({status: 'cached'})
+    for (const [name, link] of Object.entries(planted)) {
+      expect(item(report, name, raw.id)).toMatchObject({code: 'UNSAFE_PATH', status: 'error'})
+      expect(item(report, name, raw.id)?.message).toContain(link)
+      // Refused, not cleared away: the operator finds the link where it was planted.
+      expect(await readlink(link)).toBe(victim)
+      expect(await contents(onNode(fleet.node(name), sub).cacheDir)).toEqual([path.basename(link)])
+    }
+
+    expect(await readFile(victim, 'utf8')).toBe('root only')
+    expect((await stat(victim)).uid).toBe(0)
     expect(await swarmProcesses()).toEqual([])
   })
 
