@@ -336,4 +336,27 @@ describe('imgcache precache --via p2p', () => {
       await rm(noAria2, {force: true})
     }
   })
+
+  it('imgcache SIGKILLed mid-swarm: its tracker and its seed end by themselves, no port stays open', async () => {
+    const sub = 'sigkill'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    const child = spawnCli(args(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-qcow2']), {
+      timeoutMs: 110_000,
+    })
+    await until('the tracker to run', async () => (await argvs()).some((a) => a.startsWith('opentracker ')), 60_000)
+    child.kill('SIGKILL')
+    await child
+    // opentracker drops to an unprivileged user (which clears a parent-death signal): only a watch
+    // that does not rely on it ends it. A deadline, not a sleep: the machine may be slow.
+    await until(
+      'no opentracker, aria2c or listening port of the killed run',
+      async () => (await swarmProcesses()).length === 0 && (await swarmListeners()).length === 0,
+      10_000,
+    ).catch(() => undefined)
+    expect(await swarmProcesses()).toEqual([])
+    expect(await swarmListeners()).toEqual([])
+    // A killed run cannot remove its spool files; the next test's run starts with an empty spool.
+    for (const entry of await contents(spoolDir()))
+      await rm(path.join(spoolDir(), entry), {force: true, recursive: true})
+  })
 })
