@@ -89,6 +89,13 @@ async function trackerPort(): Promise<number | undefined> {
   return undefined
 }
 
+/** No aria2c of this file's runs left on any node. */
+async function noAria2cOnNodes(): Promise<boolean> {
+  const {execa} = await import('execa')
+  const {stdout} = await execa('pgrep', ['-f', `^aria2c .*${nodes.base}`], {reject: false})
+  return stdout.trim() === ''
+}
+
 /** This file's runs' tracker and seed (their files are under its spool) still alive on this machine. */
 async function runProcesses(): Promise<string[]> {
   const found: string[] = []
@@ -214,15 +221,7 @@ describe('precache --via p2p on a network that fails like a real one', () => {
         .join('; ')}`,
     )
     // Nothing of the run stays on the node that lost its link once it is back (aria2c watched its agent).
-    await until(
-      'no aria2c left',
-      async () => {
-        const {execa} = await import('execa')
-        const {stdout} = await execa('pgrep', ['-f', `^aria2c .*${nodes.base}`], {reject: false})
-        return stdout.trim() === ''
-      },
-      60_000,
-    )
+    await until('no aria2c left', noAria2cOnNodes, 60_000)
   })
 
   it('a peer serving tampered pieces: what it uploads is rejected by the piece hashes and fetched again; every node ends with the image', async () => {
@@ -335,14 +334,6 @@ describe('precache --via p2p on a network that fails like a real one', () => {
         .split('\n')
         .filter((l) => /"(?:aria2c|opentracker)"/.test(l)),
     ).toEqual([])
-    await until(
-      'no aria2c left on the nodes',
-      async () => {
-        const {execa} = await import('execa')
-        const {stdout} = await execa('pgrep', ['-f', `^aria2c .*${nodes.base}`], {reject: false})
-        return stdout.trim() === ''
-      },
-      60_000,
-    )
+    await until('no aria2c left on the nodes', noAria2cOnNodes, 60_000)
   })
 })
