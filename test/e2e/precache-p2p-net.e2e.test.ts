@@ -6,6 +6,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import type {PrecacheReport} from '../../src/commands/precache.js'
 
+import {PRIVATE_SWARM} from '../../src/lib/node/swarm-host.js'
+import {makeTorrent, PieceHasher, pieceLengthFor} from '../../src/lib/p2p/torrent.js'
 import {sha1} from '../fixtures/nova-host.js'
 import {type CliResult, runCli} from '../helpers/cli.js'
 import {sizeOf, until} from '../helpers/files.js'
@@ -21,6 +23,8 @@ import {createTestNet, type TestNet, TESTNET_SH} from '../helpers/testnet.js'
 
 const MiB = 1024 * 1024
 const RATE = '40mbit'
+/** The seed's link when the CLI runs in the bastion host: slower than the nodes', so that they fetch from others too. */
+const BASTION_RATE = '16mbit'
 const NAMES = ['node1', 'node2', 'node3', 'node4']
 let net: TestNet
 let nodes: TestNodes
@@ -29,6 +33,8 @@ let work: string
 let config: string
 let image: GlanceImageJson
 let content: Buffer
+/** The bastion host's address: imgcache's runs in it have their tracker and seed behind its capped link. */
+let bastion: string
 
 /** Incompressible bytes (an AES-CTR keystream) after a zeroed first 64 KiB that no format probe matches. */
 function noise(seed: number, size: number): Buffer {
@@ -47,7 +53,7 @@ async function clearNodes(): Promise<void> {
   }
 }
 
-function precache(args: string[], timeoutMs = 150_000): Promise<CliResult> {
+function precache(args: string[], timeoutMs = 150_000, commandPrefix?: string[]): Promise<CliResult> {
   return runCli(
     [
       'precache',
@@ -62,10 +68,43 @@ function precache(args: string[], timeoutMs = 150_000): Promise<CliResult> {
       path.join(work, 'spool'),
       '--json',
     ],
-    {
-      timeoutMs,
-    },
+    {commandPrefix, timeoutMs},
   )
+}
+
+/** precache run inside the bastion host, whose link (the tracker's and the seed's) is slow and can be cut. */
+function precacheOnBastion(args: string[]): Promise<CliResult> {
+  return precache(['--p2p-address', bastion, ...args], 150_000, ['bash', TESTNET_SH, 'exec', net.dir, 'bastion'])
+}
+
+/** The port of the tracker a run started on the bastion (from its argv), once it runs. */
+async function trackerPort(): Promise<number | undefined> {
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')
+    if (argv[0] === 'opentracker' && argv.includes(bastion) && argv.join(' ').includes(work)) {
+      return Number(argv[argv.indexOf('-p') + 1])
+    }
+  }
+
+  return undefined
+}
+
+/** No aria2c of this file's runs left on any node. */
+async function noAria2cOnNodes(): Promise<boolean> {
+  const {execa} = await import('execa')
+  const {stdout} = await execa('pgrep', ['-f', `^aria2c .*${nodes.base}`], {reject: false})
+  return stdout.trim() === ''
+}
+
+/** This file's runs' tracker and seed (their files are under its spool) still alive on this machine. */
+async function runProcesses(): Promise<string[]> {
+  const found: string[] = []
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ')
+    if (/^(?:\S*\/)?(?:aria2c|opentracker) /.test(argv) && argv.includes(path.join(work, 'spool'))) found.push(argv)
+  }
+
+  return found
 }
 
 function report(result: CliResult): PrecacheReport {
@@ -104,6 +143,8 @@ beforeAll(async () => {
   net = await createTestNet()
   nodes = await startNodes(NAMES.length, {names: NAMES, net, rate: RATE})
   const glanceAddress = await net.addHost('glance')
+  bastion = await net.addHost('bastion', BASTION_RATE)
+  await net.addHost('rogue')
   glance = await startGlance({commandPrefix: ['bash', TESTNET_SH, 'exec', net.dir, 'glance'], host: glanceAddress})
   content = noise(1, 24 * MiB)
   image = await glance.uploadImage({data: content, diskFormat: 'raw', name: 'p2p-net-24m'})
@@ -180,14 +221,119 @@ describe('precache --via p2p on a network that fails like a real one', () => {
         .join('; ')}`,
     )
     // Nothing of the run stays on the node that lost its link once it is back (aria2c watched its agent).
+    await until('no aria2c left', noAria2cOnNodes, 60_000)
+  })
+
+  it('a peer serving tampered pieces: what it uploads is rejected by the piece hashes and fetched again; every node ends with the image', async () => {
+    await clearNodes()
+    const name = `${sha1(image.id)}.part`
+    const rogueDir = path.join(work, 'rogue')
+    await mkdir(rogueDir, {recursive: true})
+    // Every 4 KiB of the copy it serves is wrong, so every piece it sends fails its hash.
+    const tampered = Buffer.from(content)
+    for (let i = 0; i < tampered.length; i += 4096) tampered[i] = tampered[i]! ^ 0xff
+    await writeFile(path.join(rogueDir, name), tampered)
+    const pieceLength = pieceLengthFor(content.length)
+    const hasher = new PieceHasher(pieceLength)
+    hasher.update(content)
+    const pieces = hasher.finish()
+    const running = precacheOnBastion(['--stall-timeout', '20', '--retries', '0', image.id])
+    let port: number | undefined
     await until(
-      'no aria2c left',
+      "the run's tracker",
       async () => {
-        const {execa} = await import('execa')
-        const {stdout} = await execa('pgrep', ['-f', `^aria2c .*${nodes.base}`], {reject: false})
-        return stdout.trim() === ''
+        port = await trackerPort()
+        return port !== undefined
       },
-      60_000,
+      100_000,
     )
+    // The same info dictionary, so the same info hash: the tracker's whitelist lets the rogue in.
+    const torrent = makeTorrent({
+      announce: `http://${bastion}:${port}/announce`,
+      length: content.length,
+      name,
+      pieceLength,
+      pieces,
+    })
+    const torrentFile = path.join(rogueDir, 'rogue.torrent')
+    await writeFile(torrentFile, torrent.bytes)
+    const rogue = net.exec(
+      'rogue',
+      [
+        'aria2c',
+        `--dir=${rogueDir}`,
+        '--bt-seed-unverified=true',
+        '--check-integrity=false',
+        '--seed-ratio=0.0',
+        '--seed-time=10',
+        ...PRIVATE_SWARM,
+        '--listen-port=6990',
+        '--summary-interval=1',
+        '--show-console-readout=false',
+        '--console-log-level=warn',
+        torrentFile,
+      ],
+      {all: true, reject: false},
+    )
+    let result: CliResult
+    try {
+      result = await running
+    } finally {
+      rogue.kill('SIGTERM')
+    }
+
+    const said = String((await rogue).all ?? '')
+    const uploads = [...said.matchAll(/ UL:[\d.]+\w*B\(([\d.]+)(B|KiB|MiB|GiB)\)/g)]
+    const last = uploads.at(-1)
+    const uploaded = last ? Number(last[1]) * {B: 1, GiB: 1024 ** 3, KiB: 1024, MiB: 1024 ** 2}[last[2] as 'B'] : 0
+    console.log(
+      `p2p tampered: the rogue uploaded ${(uploaded / MiB).toFixed(1)} MiB of wrong pieces; exit ${result.exitCode}`,
+    )
+    // The rogue did serve the nodes: every byte it sent was wrong.
+    expect(uploaded, said.slice(-1500)).toBeGreaterThan(0)
+    expect(result.exitCode, result.stderr).toBe(0)
+    expect(report(result)).toMatchObject({totals: {cached: 4, errors: 0}})
+    for (const n of NAMES) expect(await cachedRight(n)).toBe(true)
+    expect(await runProcesses()).toEqual([])
+  })
+
+  it("the seed's link cut after the nodes started: every node ends within the attempt timeout, cached right or `error`; nothing left running or listening", async () => {
+    await clearNodes()
+    const part = (name: string) => path.join(cacheDir(name), `${sha1(image.id)}.part`)
+    const running = precacheOnBastion(['--attempt-timeout', '60', '--stall-timeout', '15', '--retries', '0', image.id])
+    await until(
+      'the nodes to be under way',
+      async () => (await Promise.all(NAMES.map((n) => sizeOf(part(n))))).some((size) => size >= 2 * MiB),
+      100_000,
+    )
+    // Silently: the tracker, the seed and imgcache's SSH sessions go quiet at once.
+    await net.link('bastion', 'down')
+    const cut = Date.now()
+    let result: CliResult
+    try {
+      result = await running
+    } finally {
+      await net.link('bastion', 'up')
+    }
+
+    const afterCut = Date.now() - cut
+    const r = report(result)
+    console.log(
+      `p2p seed cut: run ended ${(afterCut / 1000).toFixed(1)} s after the cut, exit ${result.exitCode}: ${JSON.stringify(statuses(r))}`,
+    )
+    expect(afterCut).toBeLessThan(60_000 + 20_000)
+    const cached = NAMES.filter((n) => statuses(r)[n] === 'cached')
+    for (const n of NAMES) expect(['cached', 'error']).toContain(statuses(r)[n])
+    for (const n of cached) expect(await cachedRight(n)).toBe(true)
+    // The fleet contract: 1 when no node got the image, 3 when some did.
+    expect(result.exitCode).toBe(cached.length === 0 ? 1 : 3)
+    expect(await runProcesses()).toEqual([])
+    const {stdout: listeners} = await net.exec('bastion', ['ss', '-Hlntup'])
+    expect(
+      String(listeners)
+        .split('\n')
+        .filter((l) => /"(?:aria2c|opentracker)"/.test(l)),
+    ).toEqual([])
+    await until('no aria2c left on the nodes', noAria2cOnNodes, 60_000)
   })
 })

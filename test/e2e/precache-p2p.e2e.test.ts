@@ -1,19 +1,33 @@
 import {execa, type ResultPromise} from 'execa'
-import {chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile} from 'node:fs/promises'
+import {
+  chmod,
+  chown,
+  lchown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import path from 'node:path'
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {afterAll, beforeAll, describe, expect, it, onTestFinished} from 'vitest'
 
 import type {PrecacheReport} from '../../src/commands/precache.js'
 import type {ItemResult} from '../../src/lib/populate.js'
 
 import {sha1} from '../fixtures/nova-host.js'
 import {type CliResult, runCli, spawnCli} from '../helpers/cli.js'
-import {contents, until} from '../helpers/files.js'
+import {contents, exists, until} from '../helpers/files.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance, uploadPrecacheImages} from '../helpers/glance.js'
 import {makeImageCorpus} from '../helpers/image-corpus.js'
 import {startNodes, type TestNode, type TestNodes} from '../helpers/nodes.js'
 import {type HostUser, novaUser} from '../helpers/nova-user.js'
+import {holdOsloLock} from '../helpers/oslo-lock.js'
 import {payload, sha256} from '../helpers/payload.js'
 
 // precache --via p2p over real sshd nodes on loopback: a real glance-api as the origin, Debian's
@@ -130,6 +144,21 @@ async function swarmListeners(): Promise<string[]> {
   return stdout.split('\n').filter((l) => /"(?:aria2c|opentracker)"/.test(l))
 }
 
+/** The node-side aria2c processes (downloading or seeding) running on one of this file's nodes. */
+async function nodeAria2c(name: string): Promise<string[]> {
+  const marker = `IMGCACHE_TEST_NODE_DIR=${fleet.node(name).dir}`
+  const pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p))
+  const found = await Promise.all(
+    pids.map(async (pid) => {
+      const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ')
+      if (!/^(?:\S*\/)?aria2c .*--check-integrity=true/.test(argv)) return undefined
+      const environ = (await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '')).split('\0')
+      return environ.includes(marker) ? argv : undefined
+    }),
+  )
+  return found.filter((a) => a !== undefined)
+}
+
 /** Every process argv on the machine, sampled until `child` ends: which kinds ran, and any leak. */
 async function watch(child: ResultPromise, leak: RegExp): Promise<{leaks: string[]; seen: Set<string>}> {
   const seen = new Set<string>()
@@ -145,6 +174,28 @@ async function watch(child: ResultPromise, leak: RegExp): Promise<{leaks: string
   }
 
   return {leaks, seen}
+}
+
+/** A run whose node3 is held back by a real oslo lock on the image until release(). */
+async function heldBack(sub: string, rest: string[]) {
+  const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+  const lockDir = path.join(onNode(fleet.node('node3'), sub).root, 'locks')
+  await mkdir(lockDir, {recursive: true})
+  await chown(lockDir, nova.uid, nova.gid)
+  const holder = await holdOsloLock(lockDir, sha1(raw.id))
+  onTestFinished(() => holder.kill())
+  const child = spawnCli(args(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', ...rest, 'p2p-raw']), {
+    timeoutMs: 110_000,
+  })
+  await until(
+    'node1 and node2 to have the image',
+    async () =>
+      (await Promise.all(['node1', 'node2'].map((n) => exists(onNode(fleet.node(n), sub).final(raw.id))))).every(
+        Boolean,
+      ),
+    90_000,
+  )
+  return {child, holder}
 }
 
 beforeAll(async () => {
@@ -236,6 +287,42 @@ describe('imgcache precache --via p2p', () => {
     expect(await swarmProcesses()).toEqual([])
   })
 
+  it('links nova planted at the .torrent and the .aria2 control file are refused (UNSAFE_PATH), their root-owned target untouched', async () => {
+    const sub = 'control-links'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    const victim = path.join(work, 'control-victim')
+    await writeFile(victim, 'root only', {mode: 0o644})
+    // As the instances path's owner could: a link at the name imgcache writes the torrent to (node2)
+    // and at the name aria2c keeps its resume state in (node3), both pointing at a root-owned file.
+    const planted = {
+      node2: `${onNode(fleet.node('node2'), sub).part(raw.id)}.torrent`,
+      node3: `${onNode(fleet.node('node3'), sub).part(raw.id)}.aria2`,
+    }
+    for (const [name, link] of Object.entries(planted)) {
+      const {cacheDir} = onNode(fleet.node(name), sub)
+      await mkdir(cacheDir, {recursive: true})
+      await chown(cacheDir, nova.uid, nova.gid)
+      await symlink(victim, link)
+      await lchown(link, nova.uid, nova.gid)
+    }
+
+    const result = await precache(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-raw'])
+    const report = parse(result.stdout)
+    expect(result.exitCode).toBe(3)
+    expect(item(report, 'node1', raw.id)).toMatchObject({status: 'cached'})
+    for (const [name, link] of Object.entries(planted)) {
+      expect(item(report, name, raw.id)).toMatchObject({code: 'UNSAFE_PATH', status: 'error'})
+      expect(item(report, name, raw.id)?.message).toContain(link)
+      // Refused, not cleared away: the operator finds the link where it was planted.
+      expect(await readlink(link)).toBe(victim)
+      expect(await contents(onNode(fleet.node(name), sub).cacheDir)).toEqual([path.basename(link)])
+    }
+
+    expect(await readFile(victim, 'utf8')).toBe('root only')
+    expect((await stat(victim)).uid).toBe(0)
+    expect(await swarmProcesses()).toEqual([])
+  })
+
   it('an image the format inspector refuses (qcow2 with a backing file) is refused on every node, nothing cached', async () => {
     const sub = 'unsafe'
     const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
@@ -286,5 +373,66 @@ describe('imgcache precache --via p2p', () => {
     } finally {
       await rm(noAria2, {force: true})
     }
+  })
+
+  describe("how long the nodes seed (node3 waits for nova-compute's lock, so the run outlives the others' downloads)", () => {
+    it('by default, until the run ends: the nodes that are done still run aria2c when a late peer joins; none after', async () => {
+      const {child, holder} = await heldBack('seed-default', [])
+      expect(await nodeAria2c('node1')).toHaveLength(1)
+      expect(await nodeAria2c('node2')).toHaveLength(1)
+      await holder.release()
+      await until('node3 to join the swarm', async () => (await nodeAria2c('node3')).length > 0, 60_000)
+      // Still there for the late peer (they could only upload now), and the run has not ended.
+      expect(await nodeAria2c('node1')).toHaveLength(1)
+      expect(await nodeAria2c('node2')).toHaveLength(1)
+      expect(child.exitCode).toBeNull()
+      const result = await child
+      expect(result.exitCode).toBe(0)
+      expect(parse(result.stdout)).toMatchObject({totals: {cached: 3, errors: 0}})
+      await until('no aria2c on any node', async () => (await swarmProcesses()).length === 0, 10_000).catch(
+        () => undefined,
+      )
+      expect(await swarmProcesses()).toEqual([])
+    })
+
+    it('--seed-until 1s: a node stops seeding 1 s after its download while the run goes on; the late node finishes from the seed', async () => {
+      const {child, holder} = await heldBack('seed-until', ['--seed-until', '1s'])
+      await until(
+        'node1 and node2 to stop seeding',
+        async () => (await nodeAria2c('node1')).length === 0 && (await nodeAria2c('node2')).length === 0,
+        30_000,
+      )
+      // They stopped by themselves: the run is still waiting for node3.
+      expect(child.exitCode).toBeNull()
+      await holder.release()
+      const result = await child
+      expect(result.exitCode).toBe(0)
+      expect(parse(result.stdout)).toMatchObject({totals: {cached: 3, errors: 0}})
+      expect(sha256(await readFile(onNode(fleet.node('node3'), 'seed-until').final(raw.id)))).toBe(sha256(rawContent))
+      expect(await swarmProcesses()).toEqual([])
+    })
+  })
+
+  it('imgcache SIGKILLed mid-swarm: its tracker and its seed end by themselves, no port stays open', async () => {
+    const sub = 'sigkill'
+    const configFile = await writeConfig(sub, {web: {nodes: FLEET}})
+    const child = spawnCli(args(configFile, ['--aggregate', 'web', '--via', 'p2p', '--json', 'p2p-qcow2']), {
+      timeoutMs: 110_000,
+    })
+    await until('the tracker to run', async () => (await argvs()).some((a) => a.startsWith('opentracker ')), 60_000)
+    child.kill('SIGKILL')
+    await child
+    // opentracker drops to an unprivileged user (which clears a parent-death signal): only a watch
+    // that does not rely on it ends it. A deadline, not a sleep: the machine may be slow.
+    await until(
+      'no opentracker, aria2c or listening port of the killed run',
+      async () => (await swarmProcesses()).length === 0 && (await swarmListeners()).length === 0,
+      10_000,
+    ).catch(() => undefined)
+    expect(await swarmProcesses()).toEqual([])
+    expect(await swarmListeners()).toEqual([])
+    // A killed run cannot remove its spool files; the next test's run starts with an empty spool.
+    for (const entry of await contents(spoolDir()))
+      await rm(path.join(spoolDir(), entry), {force: true, recursive: true})
   })
 })

@@ -57,6 +57,8 @@ function checkHang(result: Pick<Result, 'stderr' | 'timedOut'>, args: string[], 
 export async function runCli(
   args: string[],
   options: {
+    /** Run it under this command, e.g. `testnet.sh exec NET HOST` (inside a test-network host). */
+    commandPrefix?: string[]
     cwd?: string
     env?: Record<string, string>
     input?: string
@@ -65,9 +67,12 @@ export async function runCli(
     umask?: string
   } = {},
 ): Promise<CliResult> {
-  const argv = options.umask
-    ? ['sh', '-c', `umask ${options.umask} && exec node "$@"`, 'sh', BIN, ...args]
-    : ['node', BIN, ...args]
+  const argv = [
+    ...(options.commandPrefix ?? []),
+    ...(options.umask
+      ? ['sh', '-c', `umask ${options.umask} && exec node "$@"`, 'sh', BIN, ...args]
+      : ['node', BIN, ...args]),
+  ]
   const timeoutMs = options.timeoutMs ?? WATCHDOG_MS
   const result = await execa(argv[0]!, argv.slice(1), {
     cwd: options.cwd,

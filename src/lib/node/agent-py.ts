@@ -346,6 +346,9 @@ def remove_(q):
         if e.errno == errno.ENOENT: return "missing"
         raise
     if S.S_ISDIR(l.st_mode): raise OSError(errno.EISDIR, "is a directory", p)
+    # q["onlyRegular"]: a name only imgcache or its programs write (aria2c's control file): a link or
+    # anything else found there was planted, and is refused and left for the operator to see.
+    if q.get("onlyRegular"): refuse_planted(p, l)
     if q.get("olderThanMs") is not None:
         m = l.st_mtime_ns
         if S.S_ISLNK(l.st_mode):
@@ -383,8 +386,18 @@ def sync_file(q):
 def write_atomic(q):
     with AsOwner(): return write_atomic_(q)
 
+def refuse_planted(p, l):
+    if S.S_ISLNK(l.st_mode): raise Unsafe(p, "is a symbolic link (to %s)" % os.readlink(p))
+    if not S.S_ISREG(l.st_mode): raise Unsafe(p, "is not a regular file")
+
 def write_atomic_(q):
-    p = q["path"]; t = os.path.join(os.path.dirname(p), ".%s.%s.tmp" % (os.path.basename(p), os.urandom(6).hex()))
+    p = q["path"]
+    if q.get("onlyRegular"):
+        # The rename below would replace a link, never follow it; but a link at a name that is imgcache's
+        # alone was planted, and the run refuses it rather than clear it away unseen.
+        try: refuse_planted(p, os.lstat(p))
+        except FileNotFoundError: pass
+    t = os.path.join(os.path.dirname(p), ".%s.%s.tmp" % (os.path.basename(p), os.urandom(6).hex()))
     try:
         fd, _ = open_regular(t, os.O_WRONLY | os.O_CREAT | os.O_EXCL, q.get("mode", 0o644))
         try:

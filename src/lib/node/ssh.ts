@@ -337,12 +337,13 @@ export class SshNode implements Node {
     const agent = await this.owned()
     const dir = posix.dirname(request.dest)
     const control = `${request.dest}.aria2`
-    // A control file (aria2c's resume state) is aria2c's to read: one left behind, or planted, goes.
-    await agent.request('remove', {path: control}, 'cannot remove', control)
+    // A control file (aria2c's resume state) is aria2c's to read: one left behind goes; a link or
+    // anything but a regular file there, or at the torrent's name, was planted (DESIGN §11): refused.
+    await agent.request('remove', {onlyRegular: true, path: control}, 'cannot remove', control)
     await agent.request('create', {append: false, path: request.dest}, 'cannot write', request.dest)
     await agent.request(
       'write_atomic',
-      {data: request.torrent.toString('base64'), mode: 0o600, path: request.torrentPath},
+      {data: request.torrent.toString('base64'), mode: 0o600, onlyRegular: true, path: request.torrentPath},
       'cannot write',
       request.torrentPath,
     )

@@ -38,14 +38,36 @@ export async function freePort(address: string): Promise<number> {
   })
 }
 
-function track(child: ResultPromise, port: number): HostProcess {
+/**
+ * The tracker's keeper: a python3 parent (python3 is already imgcache's dependency) that runs
+ * opentracker and ends it when its stdin, a pipe from imgcache, reaches EOF (imgcache stopped it, or
+ * died: even SIGKILLed, the kernel closes the pipe) or on SIGTERM. opentracker itself cannot be asked
+ * to die with us: it drops to an unprivileged user, which clears a parent-death signal
+ * (prctl(2) PR_SET_PDEATHSIG), and it has no option like aria2c's --stop-with-process.
+ */
+const TRACKER_KEEPER = String.raw`
+import os, select, signal, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+while p.poll() is None and not stop:
+    r = select.select([0], [], [], 0.5)[0]
+    if r and not os.read(0, 4096): break
+if p.poll() is None:
+    p.terminate()
+    try: p.wait(3)
+    except subprocess.TimeoutExpired: p.kill(); p.wait()
+sys.exit(p.returncode if p.returncode >= 0 else 128 - p.returncode)
+`
+
+function track(child: ResultPromise, port: number, graceMs = 3000): HostProcess {
   child.catch(() => undefined)
   return {
     port,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM')
-        const killer = setTimeout(() => child.kill('SIGKILL'), 3000)
+        const killer = setTimeout(() => child.kill('SIGKILL'), graceMs)
         await child.catch(() => undefined)
         clearTimeout(killer)
       }
@@ -130,12 +152,14 @@ export async function startTracker(address: string, port: number, whitelist: str
     '-w',
     basename(whitelist),
   ]
-  const child = execa('opentracker', args, {
+  // Under its keeper (above), whose stdin is a pipe from this process that nothing writes to.
+  const child = execa('python3', ['-c', TRACKER_KEEPER, 'opentracker', ...args], {
     reject: false,
-    stdin: 'ignore',
+    stdin: 'pipe',
     stdout: 'ignore',
   })
-  const tracker = track(child, port)
+  // The keeper gives opentracker 3 s after SIGTERM before it kills it: more than that before the keeper is killed.
+  const tracker = track(child, port, 6000)
   try {
     await listening(child, address, port, 'opentracker')
     return tracker
