@@ -266,7 +266,8 @@ async function watchArgvs(
       for (const leak of leaks(argv)) found.push(`${pids[i]} ${argv.slice(0, 80)}: ${leak}`)
       if (/curl .*--config - /.test(argv)) seen.add('curl')
       // The agent: python3 by name, or /usr/bin/python3 when a slow-disk wrapper stands first on the PATH.
-      if (/^(?:\S*\/)?python3 -c .*fcntl/s.test(argv)) seen.add('agent')
+      // A node's agent is its boot loader (the program comes on stdin); the local one carries the program.
+      if (/^(?:\S*\/)?python3 -c .*(?:imgcache-agent|fcntl)/s.test(argv)) seen.add('agent')
       if (/^ssh .*BatchMode=yes/.test(argv)) seen.add('ssh')
       if (argv.startsWith('sshd: ')) seen.add('sshd')
     }
