@@ -13,7 +13,7 @@ import {fleetConfig} from '../helpers/fleet.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
 import {osloSees} from '../helpers/oslo-lock.js'
-import {createTestNet, type TestNet, TESTNET_SH} from '../helpers/testnet.js'
+import {createTestNet, type TestNet, TESTNET_SH, whileLinkDown} from '../helpers/testnet.js'
 
 // precache over a real network that fails like one (test/harness/testnet.sh): three sshd nodes, each
 // in its own network namespace behind a 40 Mbit/s link (5 MB/s, so a 24 MiB image takes seconds),
@@ -116,14 +116,7 @@ describe('precache on a network that fails like a real one', () => {
     )
     // The cut: node2's curl has written a few MiB of the 24 (about a second at 5 MB/s).
     await until('node2 to be downloading', async () => (await sizeOf(part)) >= 3 * MiB, 60_000)
-    await net.link('node2', 'down')
-    const cut = Date.now()
-    let result: CliResult
-    try {
-      result = await running
-    } finally {
-      await net.link('node2', 'up')
-    }
+    const {cutAt: cut, result} = await whileLinkDown(net, 'node2', running)
 
     const elapsed = Date.now() - started
     const afterCut = Date.now() - cut

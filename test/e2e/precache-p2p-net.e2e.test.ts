@@ -14,7 +14,7 @@ import {sizeOf, until} from '../helpers/files.js'
 import {fleetConfig} from '../helpers/fleet.js'
 import {type GlanceHandle, type GlanceImageJson, startGlance} from '../helpers/glance.js'
 import {startNodes, type TestNodes} from '../helpers/nodes.js'
-import {createTestNet, type TestNet, TESTNET_SH} from '../helpers/testnet.js'
+import {createTestNet, type TestNet, TESTNET_SH, whileLinkDown} from '../helpers/testnet.js'
 
 // precache --via p2p on the test network (test/harness/testnet.sh): four sshd nodes, each in its own
 // namespace behind a 40 Mbit/s link, glance-api in a host of its own, the CLI (and so the tracker
@@ -307,14 +307,7 @@ describe('precache --via p2p on a network that fails like a real one', () => {
       100_000,
     )
     // Silently: the tracker, the seed and imgcache's SSH sessions go quiet at once.
-    await net.link('bastion', 'down')
-    const cut = Date.now()
-    let result: CliResult
-    try {
-      result = await running
-    } finally {
-      await net.link('bastion', 'up')
-    }
+    const {cutAt: cut, result} = await whileLinkDown(net, 'bastion', running)
 
     const afterCut = Date.now() - cut
     const r = report(result)

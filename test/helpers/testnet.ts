@@ -99,3 +99,21 @@ export async function createTestNet(): Promise<TestNet> {
     subnet,
   }
 }
+
+/**
+ * Cut a host's link silently until `running` settles, then restore it whatever happened, so that a
+ * failed assertion never leaves the network cut for the next test. `cutAt` is when the link went down.
+ */
+export async function whileLinkDown<T>(
+  net: TestNet,
+  host: string,
+  running: Promise<T>,
+): Promise<{cutAt: number; result: T}> {
+  await net.link(host, 'down')
+  const cutAt = Date.now()
+  try {
+    return {cutAt, result: await running}
+  } finally {
+    await net.link(host, 'up')
+  }
+}
